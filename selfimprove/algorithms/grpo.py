@@ -1,0 +1,99 @@
+"""GRPO (Shao et al., arXiv 2402.03300) and Dr. GRPO (Liu et al., arXiv 2503.20783) from one loss.
+
+Advantage per sample: A_i = (r_i - mean(r)) / (std(r) + delta) over its group (scale_rewards
+"group"), over the whole batch ("batch"), or r_i - mean(r) unscaled ("none", Dr. GRPO). The loss is
+the clipped surrogate per token with rho = pi_theta / pi_old (pi_old = the sampler's log-probs):
+
+    l_t = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * KL_t(pi_theta || pi_ref)
+
+aggregated as token-mean (DAPO / TRL's default), seq-mean (the original paper) or dr-grpo (sum /
+(sequences x max_new_tokens)). Dr. GRPO = scale_rewards none + loss_agg dr-grpo. KL is optional
+(beta = 0 by default, as in TRL and DAPO) with the k1 or k3 estimator against a frozen reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfimprove.algorithms.common import LOSS_AGGREGATIONS, group_advantages, groups, kl_penalty
+
+META_KEYS: tuple[str, ...] = ()
+
+
+@dataclass
+class Config:
+    name: str = "grpo"
+    clip_low: float = 0.2  # eps_low
+    clip_high: float = 0.2  # eps_high (DAPO's clip-higher: 0.28)
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    std: str = "sample"  # sample (unbiased, TRL/verl) | population
+    loss_agg: str = "token-mean"  # token-mean | seq-mean | dr-grpo | constant
+    loss_constant: float = 1000.0
+    kl_coef: float = 0.0  # beta; > 0 loads a frozen reference model
+    kl_estimator: str = "k3"  # k1 | k3
+    filter_groups: bool = False  # drop groups with all-equal rewards (zero advantage)
+
+
+def check(cfg: Config) -> list[str]:
+    errs = []
+    if cfg.scale_rewards not in ("group", "batch", "none"):
+        errs.append(f"algorithm.scale_rewards must be group, batch or none, got '{cfg.scale_rewards}'")
+    if cfg.std not in ("sample", "population"):
+        errs.append(f"algorithm.std must be sample or population, got '{cfg.std}'")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        errs.append(f"algorithm.loss_agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got '{cfg.loss_agg}'")
+    if cfg.kl_estimator not in ("k1", "k3"):
+        errs.append(f"algorithm.kl_estimator must be k1 or k3, got '{cfg.kl_estimator}'")
+    if cfg.kl_coef < 0 or cfg.clip_low < 0 or cfg.clip_high < 0:
+        errs.append("algorithm.kl_coef, clip_low and clip_high must be >= 0")
+    return errs
+
+
+def needs_reference(cfg: Config) -> bool:
+    return cfg.kl_coef > 0
+
+
+def prepare(traces, cfg: Config):
+    kept = []
+    if cfg.scale_rewards == "batch":
+        all_r = torch.tensor([tr.reward for tr in traces], dtype=torch.float64)
+        batch_sd = all_r.std(unbiased=(cfg.std == "sample")) if len(traces) > 1 else torch.zeros(())
+    for group in groups(traces).values():
+        r = torch.tensor([tr.reward for tr in group], dtype=torch.float64)
+        if cfg.filter_groups and bool((r == r[0]).all()):
+            continue
+        if cfg.scale_rewards == "batch":
+            adv = (r - r.mean()) / (batch_sd + 1e-4)
+        else:
+            adv = group_advantages(r, cfg.scale_rewards, cfg.std)
+        for tr, a in zip(group, adv.tolist()):
+            tr.advantage = a
+            kept.append(tr)
+    return kept
+
+
+def token_loss(logp, old_logp, advantage, cfg: Config, ref_logp=None):
+    """Per-token clipped-surrogate loss [B, T] (+ beta * KL). advantage [B]."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantage[:, None]
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high) * adv
+    tok = -torch.minimum(unclipped, clipped)
+    if cfg.kl_coef > 0:
+        tok = tok + cfg.kl_coef * kl_penalty(logp, ref_logp, cfg.kl_estimator)
+    return tok
+
+
+def loss(batch, logp, cfg: Config):
+    tok = token_loss(logp, batch["old_logp"], batch["advantage"], cfg, batch.get("ref_logp"))
+    with torch.no_grad():
+        m = batch["mask"]
+        n = m.sum().clamp(min=1)
+        ratio = torch.exp(logp - batch["old_logp"])
+        clipped = ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)).float() * m
+        metrics = {"clip_frac": float(clipped.sum() / n)}
+        if cfg.kl_coef > 0:
+            metrics["kl"] = float((kl_penalty(logp, batch["ref_logp"], cfg.kl_estimator) * m).sum() / n)
+    return tok, metrics

@@ -1,0 +1,98 @@
+"""NFT: Negative-aware Fine-Tuning (Chen et al., arXiv 2505.18116). Reference code: NVlabs/NFT dp_actor.py.
+
+Per token t of answer a to question q, with R = pi_theta / pi_old and r_hat the group's correct rate
+(algorithms.md 2.3):
+
+    L = -(1/Z) sum omega(q) sum_t [ r log R + (1 - r) log max_v((1 - r_hat R) / (1 - r_hat), eps) ]
+
+max_v clips the value from below at eps but keeps the gradient of its argument. The negative term
+trains the implicit negative policy pi^- = (pi_old - r_hat pi^+)/(1 - r_hat), which pushes pi_theta down
+on wrong answers without a second model. neg_weight = 0 gives RFT (see rft.py).
+Details from the official code: the log-ratio is clamped at 10 before exp, r_hat is clamped to
+[0.02, 0.98], groups with r_hat in {0, 1} are dropped (DAPO dynamic sampling, without refilling),
+omega = 1 - r_hat by default (Dr.GRPO-equivalent on-policy), sqrt((1-r_hat)/r_hat) = GRPO-equivalent.
+What we change: Z defaults to the token count (the paper's "token-level normalisation"); the code's
+constant divisor is `loss_agg: constant, loss_constant: 1000`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfimprove.algorithms.common import clamp_preserve_grad, groups
+
+META_KEYS = ("nft.correct", "nft.correct_rate")
+
+
+@dataclass
+class Config:
+    name: str = "nft"
+    epsilon: float = 1.0  # eps of max_v (code: clamp_negative); eps -> 0 over-penalises
+    omega: str = "1-r"  # prompt weight: "1-r" (default) | "sqrt" ((1-r)/r)^0.5 | "1"
+    neg_weight: float = 1.0  # 1 = NFT, 0 = RFT (no negative term)
+    rhat_min: float = 0.02  # r_hat clamp inside the loss (code)
+    rhat_max: float = 0.98
+    max_log_ratio: float = 10.0  # clamp of log R before exp (code)
+    correct_threshold: float = 0.5  # a sample is correct when its combined reward >= this
+    filter_groups: bool = True  # drop groups whose samples are all correct or all wrong
+    loss_agg: str = "token-mean"  # token-mean | constant
+    loss_constant: float = 1000.0  # divisor for loss_agg = constant (the code's /1000)
+
+
+def check(cfg: Config) -> list[str]:
+    errs = []
+    if cfg.omega not in ("1-r", "sqrt", "1"):
+        errs.append(f"algorithm.omega must be '1-r', 'sqrt' or '1', got '{cfg.omega}'")
+    if cfg.loss_agg not in ("token-mean", "constant", "seq-mean"):
+        errs.append(f"algorithm.loss_agg must be token-mean, seq-mean or constant, got '{cfg.loss_agg}'")
+    if not 0 < cfg.rhat_min <= cfg.rhat_max < 1:
+        errs.append("algorithm.rhat_min/rhat_max must satisfy 0 < min <= max < 1")
+    if cfg.epsilon <= 0:
+        errs.append("algorithm.epsilon must be > 0")
+    return errs
+
+
+def prepare(traces, cfg: Config):
+    """Label correctness, compute each group's correct rate, drop uninformative groups."""
+    kept = []
+    for group in groups(traces).values():
+        correct = [1.0 if tr.reward >= cfg.correct_threshold else 0.0 for tr in group]
+        rate = sum(correct) / len(correct)
+        if cfg.filter_groups and rate in (0.0, 1.0):
+            continue
+        for tr, c in zip(group, correct):
+            tr.meta["nft.correct"] = c
+            tr.meta["nft.correct_rate"] = rate
+            kept.append(tr)
+    return kept
+
+
+def omega(rhat: torch.Tensor, form: str) -> torch.Tensor:
+    if form == "1-r":
+        return 1.0 - rhat
+    if form == "sqrt":
+        return torch.sqrt((1.0 - rhat) / rhat)
+    return torch.ones_like(rhat)
+
+
+def token_loss(logp, old_logp, correct, correct_rate, cfg: Config):
+    """Per-token NFT loss [B, T]. logp/old_logp [B, T]; correct/correct_rate [B]."""
+    log_ratio = (logp - old_logp).clamp(max=cfg.max_log_ratio)
+    ratio = torch.exp(log_ratio)
+    rhat = correct_rate.clamp(cfg.rhat_min, cfg.rhat_max)[:, None]
+    r = correct[:, None]
+    pos = -log_ratio  # -log R: plain NLL on positives up to a constant
+    x = (1.0 - rhat * ratio) / (1.0 - rhat)
+    neg = -torch.log(clamp_preserve_grad(x, cfg.epsilon))
+    return omega(rhat, cfg.omega) * (r * pos + cfg.neg_weight * (1.0 - r) * neg)
+
+
+def loss(batch, logp, cfg: Config):
+    tok = token_loss(logp, batch["old_logp"], batch["nft.correct"], batch["nft.correct_rate"], cfg)
+    with torch.no_grad():
+        m = batch["mask"]
+        ratio = torch.exp(logp - batch["old_logp"]) * m
+        metrics = {"ratio_mean": float(ratio.sum() / m.sum().clamp(min=1))}
+    return tok, metrics

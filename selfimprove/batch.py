@@ -1,0 +1,56 @@
+"""collate(traces) -> padded tensors: where the one record becomes tensors for the loss.
+
+Every tensor is aligned to *targets*: column j scores token j + 1 of the sequence, so the model's
+logits[:, :-1] line up with it. `mask` is 1 on tokens of trainable turns only (never on prompts,
+instructions or judge text).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.Tensor]:
+    seqs = [tr.token_ids for tr in traces]
+    L = max(len(s) for s in seqs)
+    B = len(traces)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    mask = torch.zeros((B, L - 1), dtype=torch.float32)
+    old = torch.zeros((B, L - 1), dtype=torch.float32)
+    for i, tr in enumerate(traces):
+        pos = 0
+        for turn in tr.turns:
+            n = len(turn.token_ids)
+            if n:
+                ids[i, pos : pos + n] = torch.tensor(turn.token_ids)
+                if turn.trainable:
+                    # token at sequence position p is predicted at target column p - 1
+                    mask[i, pos - 1 : pos - 1 + n] = 1.0
+                    if turn.logprobs is not None:
+                        old[i, pos - 1 : pos - 1 + n] = torch.tensor(turn.logprobs)
+            pos += n
+        attn[i, :pos] = 1
+    batch = {
+        "input_ids": ids.to(device),
+        "attention_mask": attn.to(device),
+        "targets": ids[:, 1:].to(device),
+        "mask": mask.to(device),
+        "old_logp": old.to(device),
+        "advantage": torch.tensor([tr.advantage or 0.0 for tr in traces], dtype=torch.float32, device=device),
+        "reward": torch.tensor([tr.reward for tr in traces], dtype=torch.float32, device=device),
+    }
+    for key in meta_keys:
+        batch[key] = torch.tensor([float(tr.meta[key]) for tr in traces], dtype=torch.float32, device=device)
+    return batch
+
+
+def token_logprobs(model, batch) -> torch.Tensor:
+    """log pi(target token) for every target column: [B, L - 1], float32."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, batch["targets"][..., None]).squeeze(-1)
+
+
+def micro_batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,123 @@
+"""`selfimprove train RECIPE [key=value ...]`, `selfimprove eval MODEL`, `selfimprove tiny`.
+
+Works the same under `accelerate launch -m selfimprove ...`. A user mistake prints one line
+(`error: ...`) and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from selfimprove.errors import UserError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*past_key_values.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def cmd_train(args) -> int:
+    from selfimprove.config import load_recipe
+    from selfimprove.loop import run
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    summary = run(recipe)
+    if "run_dir" in summary:
+        print(f"run folder: {summary['run_dir']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from reward import RewardContext
+    from selfimprove.config import DataConfig, EvalConfig, RewardSpec
+    from selfimprove.data import load_examples, require_answers
+    from selfimprove.engines import make_engine
+    from selfimprove.evaluate import evaluate
+    from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+    from selfimprove.scoring import build_rewards
+    from selfimprove.trace import dump_jsonl
+
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    data_cfg = DataConfig(prompt_column=args.prompt_column, answer_column=args.answer_column)
+    source = args.data
+    examples = load_examples(source, data_cfg, args.split)[: args.n]
+    require_answers(examples, source, args.answer_column)
+    rewards = build_rewards([RewardSpec(fn=args.reward)])
+    path = resolve_model_path(args.model)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = make_engine("hf", model, tokenizer, seed=args.seed)
+    eval_cfg = EvalConfig(n=args.n, reward=rewards[0].name, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature)
+    acc, traces = evaluate(engine, tokenizer, examples, rewards, eval_cfg, RewardContext(tokenizer, engine))
+    result = {"model": args.model, "data": source, "n": len(examples), "reward": args.reward, "accuracy": acc}
+    print(f"accuracy {acc:.1%} on {len(examples)} problems of {source} ({args.reward})")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.traces:
+        dump_jsonl(traces, args.traces)
+    return 0
+
+
+def cmd_tiny(args) -> int:
+    from selfimprove.tiny import build_tiny, ensure_tiny, tiny_path
+
+    path = build_tiny(tiny_path()) if args.force else ensure_tiny()
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfimprove", description="LLM self-improvement training")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train with a recipe")
+    t.add_argument("recipe", help="a YAML recipe (recipes/...)")
+    t.add_argument("overrides", nargs="*", help="key=value or section.key=value")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="accuracy of a model or checkpoint on a task")
+    e.add_argument("model", help="'tiny', a checkpoint folder, or a Hugging Face model")
+    e.add_argument("--data", default="arith", help="arith (its held-out split) or a jsonl/csv/parquet file")
+    e.add_argument("--split", default="test")
+    e.add_argument("--n", type=int, default=500, help="number of problems")
+    e.add_argument("--reward", default="math_correct", help="reward that decides correctness (>= 0.5)")
+    e.add_argument("--prompt-column", default="prompt")
+    e.add_argument("--answer-column", default="answer")
+    e.add_argument("--max-new-tokens", type=int, default=16)
+    e.add_argument("--temperature", type=float, default=0.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--out", help="write the result as JSON here")
+    e.add_argument("--traces", help="write the traces as JSONL here")
+    e.set_defaults(fn=cmd_eval)
+    k = sub.add_parser("tiny", help="build (or locate) the embedded tiny model")
+    k.add_argument("--force", action="store_true", help="rebuild even if cached")
+    k.set_defaults(fn=cmd_tiny)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

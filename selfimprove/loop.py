@@ -1,0 +1,345 @@
+"""The on-policy loop: sample -> reward -> prepare (advantages) -> logprobs -> update -> log -> checkpoint.
+
+It reads top to bottom in `run`. The algorithm module supplies `prepare` and `loss`; everything
+else (engines, rewards, aggregation over micro-batches and processes, logging) is shared.
+Distribution is accelerate's: each process samples its own share of the step's prompts, and the
+loss is scaled so that any number of processes and micro-batches gives the gradient of one batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from reward import RewardContext
+from selfimprove.algorithms import get_algorithm
+from selfimprove.algorithms.common import aggregate, frac_all_equal
+from selfimprove.batch import collate, micro_batches, token_logprobs
+from selfimprove.data import encode_prompts, load_examples, require_answers
+from selfimprove.engines import Sampling, make_engine
+from selfimprove.errors import UserError
+from selfimprove.evaluate import evaluate, make_traces
+from selfimprove.policy import context_length, frozen_copy, load_model, load_tokenizer, resolve_model_path
+from selfimprove.runlog import RunLog, save_checkpoint
+from selfimprove.scoring import build_rewards, score
+
+
+@dataclass
+class State:
+    recipe: object
+    algo: object
+    accelerator: object
+    model: object
+    ref_model: object
+    tokenizer: object
+    optimizer: object
+    scheduler: object
+    engine: object
+    rewards: list
+    train_examples: list
+    eval_examples: list
+    run: RunLog
+    step: int = 0
+    history: list = field(default_factory=list)
+
+
+def make_accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def lr_lambda(train_cfg):
+    total, warm = max(train_cfg.steps * train_cfg.mini_batches, 1), train_cfg.warmup_steps
+
+    def f(i: int) -> float:
+        if i < warm:
+            return (i + 1) / warm
+        frac = (i - warm) / max(total - warm, 1)
+        if train_cfg.lr_schedule == "linear":
+            return max(0.0, 1.0 - frac)
+        if train_cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+        return 1.0
+
+    return f
+
+
+def setup(recipe, log=print) -> State:
+    """Everything a user can get wrong is checked here, before anything is written."""
+    from accelerate.utils import set_seed
+
+    algo = get_algorithm(recipe.algorithm.name)
+    accelerator = make_accelerator()
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    set_seed(recipe.seed)
+    world = accelerator.num_processes
+    if recipe.train.prompts_per_step % world:
+        raise UserError(f"train.prompts_per_step={recipe.train.prompts_per_step} must be divisible by the {world} processes")
+    rewards = build_rewards(recipe.rewards)
+    names = [r.name for r in rewards]
+    if (recipe.eval.before or recipe.eval.after or recipe.eval.every) and recipe.eval.reward not in names:
+        raise UserError(f"eval.reward '{recipe.eval.reward}' is not one of the recipe's rewards ({', '.join(names)})")
+    d = recipe.data
+    n_train = max(recipe.train.steps, 1) * recipe.train.prompts_per_step
+    train_examples = load_examples(d.train, d, d.train_split, n_train=n_train, seed=recipe.seed)
+    eval_examples = []
+    if recipe.eval.before or recipe.eval.after or recipe.eval.every:
+        eval_src = d.eval or (d.train if d.train == "arith" else None)
+        if eval_src is None:
+            raise UserError("eval is on but data.eval is not set (a held-out file or dataset)")
+        eval_examples = load_examples(eval_src, d, d.eval_split)[: recipe.eval.n]
+        require_answers(eval_examples, eval_src, d.answer_column)
+
+    path = resolve_model_path(recipe.model.path, log=log if accelerator.is_main_process else (lambda *a: None))
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, recipe.model.dtype)
+    ctx_len = context_length(model)
+    for examples in (train_examples[:2000], eval_examples):
+        ids = encode_prompts(tokenizer, examples, d.max_prompt_tokens)
+        longest = max((len(x) for x in ids), default=0)
+        if longest + recipe.generation.max_new_tokens > ctx_len:
+            raise UserError(f"data: a prompt of {longest} tokens + generation.max_new_tokens="
+                            f"{recipe.generation.max_new_tokens} exceeds the model's context of {ctx_len} tokens")
+    if recipe.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ref_model = frozen_copy(model) if getattr(algo, "needs_reference", lambda c: False)(recipe.algorithm) else None
+
+    t = recipe.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if ref_model is not None:
+        ref_model = ref_model.to(accelerator.device)
+    engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
+                         seed=recipe.seed * 1000 + accelerator.process_index)
+    random.Random(recipe.seed).shuffle(train_examples)
+    return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
+                 train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process))
+
+
+def step_examples(state: State, step: int) -> list:
+    """This process's share of the step's prompts, cycling through the training set."""
+    t, acc = state.recipe.train, state.accelerator
+    per_rank = t.prompts_per_step // acc.num_processes
+    start = step * t.prompts_per_step + acc.process_index * per_rank
+    n = len(state.train_examples)
+    return [state.train_examples[(start + i) % n] for i in range(per_rank)]
+
+
+def rollout(state: State, step: int):
+    g = state.recipe.generation
+    examples = step_examples(state, step)
+    prompt_ids = encode_prompts(state.tokenizer, examples, state.recipe.data.max_prompt_tokens)
+    sampling = Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+                        batch_size=g.batch_size)
+    samples = state.engine.generate(prompt_ids, sampling)
+    return make_traces(examples, prompt_ids, samples, state.tokenizer,
+                       tag=f"s{step}-r{state.accelerator.process_index}", version=step)
+
+
+def reference_logprobs(state: State, traces) -> list[list[float]]:
+    """Reference-model log-probs of the trainable tokens, stored per trace for collation."""
+    out = []
+    for chunk in micro_batches(traces, state.recipe.train.micro_batch_size):
+        batch = collate(chunk, state.tokenizer.pad_token_id, device=state.accelerator.device)
+        with torch.no_grad():
+            out.extend(token_logprobs(state.ref_model, batch).cpu().tolist())
+    return out
+
+
+def update(state: State, traces, ref_lp) -> dict:
+    """mini_batches optimizer steps over the traces; gradient accumulation over micro-batches."""
+    recipe, acc, model = state.recipe, state.accelerator, state.model
+    cfg, t = recipe.algorithm, recipe.train
+    agg_mode = getattr(cfg, "loss_agg", "token-mean")
+    meta_keys = getattr(state.algo, "META_KEYS", ())
+    world = acc.num_processes
+    order = list(range(len(traces)))
+    chunks = [order[i::t.mini_batches] for i in range(t.mini_batches)] if t.mini_batches > 1 else [order]
+    stats: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0}
+    extra: dict[str, list] = {}
+    for idx in chunks:
+        n_tok = sum(sum(len(tu.token_ids) for tu in traces[i].turns if tu.trainable) for i in idx)
+        counts = acc.reduce(torch.tensor([float(n_tok), float(len(idx))], device=acc.device), "sum")
+        mbs = micro_batches(idx, t.micro_batch_size) or [[]]
+        for k, mb in enumerate(mbs):
+            sync = nullcontext() if k == len(mbs) - 1 else acc.no_sync(model)
+            with sync:
+                if not mb:  # nothing to train on this process: a zero loss keeps processes in step
+                    ids = torch.tensor([[state.tokenizer.pad_token_id]], device=acc.device)
+                    acc.backward(model(input_ids=ids).logits.sum() * 0.0)
+                    continue
+                batch = collate([traces[i] for i in mb], state.tokenizer.pad_token_id, meta_keys, acc.device)
+                if ref_lp is not None:
+                    batch["ref_logp"] = _pad_rows([ref_lp[i] for i in mb], batch["mask"].shape[1], acc.device)
+                logp = token_logprobs(model, batch)
+                tok, metrics = state.algo.loss(batch, logp, cfg)
+                loss = aggregate(tok, batch["mask"], agg_mode, counts[0].item(), counts[1].item(),
+                                 recipe.generation.max_new_tokens, getattr(cfg, "loss_constant", 1000.0))
+                acc.backward(loss * world)  # DDP averages gradients over processes; the sum is wanted
+                stats["loss"] += loss.item() * world
+                for key, v in metrics.items():
+                    extra.setdefault(key, []).append(v)
+        stats["grad_norm"] += float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+    stats["grad_norm"] /= len(chunks)
+    stats.update({k: sum(v) / len(v) for k, v in extra.items()})
+    return stats
+
+
+def _pad_rows(rows, width: int, device) -> torch.Tensor:
+    out = torch.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        out[i, : min(len(r), width)] = torch.tensor(r[:width])
+    return out.to(device)
+
+
+def run_eval(state: State, tag: str) -> float:
+    """Accuracy on the eval set; each process scores a shard, the counts are summed."""
+    acc = state.accelerator
+    shard = state.eval_examples[acc.process_index :: acc.num_processes]
+    ctx = RewardContext(state.tokenizer, state.engine, state.step)
+    accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
+                                state.recipe.data.max_prompt_tokens)
+    totals = acc.reduce(torch.tensor([accuracy * len(shard), float(len(shard))], device=acc.device), "sum")
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def train_step(state: State, step: int) -> tuple[dict, list]:
+    """One rollout step; returns (metrics, traces)."""
+    acc, recipe = state.accelerator, state.recipe
+    t0 = time.perf_counter()
+    traces = rollout(state, step)
+    t1 = time.perf_counter()
+    score(traces, state.rewards, RewardContext(state.tokenizer, state.engine, step))
+    t2 = time.perf_counter()
+    train_traces = state.algo.prepare(traces, recipe.algorithm)
+    ref_lp = reference_logprobs(state, train_traces) if state.ref_model is not None else None
+    t3 = time.perf_counter()
+    stats = update(state, train_traces, ref_lp)
+    t4 = time.perf_counter()
+    state.engine.load_weights()  # the HF engine shares the model; other backends receive the new weights
+    t5 = time.perf_counter()
+
+    gen_tokens = sum(len(tr.completion.token_ids) for tr in traces)
+    local = {"reward": sum(tr.reward for tr in traces), "n": len(traces), "gen_tokens": gen_tokens,
+             "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces)}
+    for r in state.rewards:
+        vals = [tr.rewards[r.name] for tr in traces if tr.rewards.get(r.name) is not None]
+        local[f"reward/{r.name}"] = sum(vals)
+        local[f"count/{r.name}"] = len(vals)
+    keys = sorted(local)
+    tot = acc.reduce(torch.tensor([float(local[k]) for k in keys], device=acc.device), "sum")
+    tot = dict(zip(keys, tot.tolist()))
+    step_s = t5 - t0
+    row = {"step": step + 1, "reward": tot["reward"] / max(tot["n"], 1)}
+    for r in state.rewards:
+        row[f"rewards/{r.name}"] = tot[f"reward/{r.name}"] / max(tot[f"count/{r.name}"], 1)
+    row.update({
+        "loss": stats.pop("loss"), "grad_norm": stats.pop("grad_norm"), "lr": state.scheduler.get_last_lr()[0],
+        "frac_all_equal": tot["frac_all_equal"] / acc.num_processes, "samples": int(tot["n"]),
+        "trained_samples": int(tot["n_train"]), "completion_len": tot["gen_tokens"] / max(tot["n"], 1),
+        "time/generate": t1 - t0, "time/reward": t2 - t1, "time/logprob": t3 - t2, "time/update": t4 - t3,
+        "time/weight_sync": t5 - t4, "time/step": step_s, "tokens_per_s": tot["gen_tokens"] / max(step_s, 1e-9),
+    })
+    row.update(stats)
+    return row, traces
+
+
+def run(recipe, log=print) -> dict:
+    """Train with `recipe`; returns the summary (also written to the run folder)."""
+    state = setup(recipe, log=log)
+    acc, run = state.accelerator, state.run
+    t_cfg, e_cfg, l_cfg = recipe.train, recipe.eval, recipe.log
+    summary: dict = {"algorithm": recipe.algorithm.name, "model": recipe.model.path}
+    evals: list[tuple[int, float]] = []
+    if e_cfg.before:
+        summary["accuracy_before"] = run_eval(state, "before")
+        evals.append((0, summary["accuracy_before"]))
+        if acc.is_main_process:
+            log(f"held-out accuracy before training: {summary['accuracy_before']:.1%} (n={len(state.eval_examples)})")
+
+    progress = _progress(acc.is_main_process and l_cfg.progress, t_cfg.steps)
+    t_start, steps_done = time.perf_counter(), 0
+    with progress:
+        task = progress.add_task("training", total=t_cfg.steps) if progress else None
+        for step in range(t_cfg.steps):
+            state.step = step
+            row, traces = train_step(state, step)
+            steps_done = step + 1
+            elapsed = float(acc.reduce(torch.tensor([time.perf_counter() - t_start], device=acc.device), "max"))
+            row["time/elapsed"] = elapsed
+            if e_cfg.every and steps_done % e_cfg.every == 0 and steps_done < t_cfg.steps:
+                row["eval/accuracy"] = run_eval(state, f"step{steps_done}")
+                evals.append((steps_done, row["eval/accuracy"]))
+            state.history.append(row)
+            if steps_done % l_cfg.every == 0 or steps_done == 1:
+                run.metrics(row)
+            if l_cfg.traces_every and (steps_done % l_cfg.traces_every == 0 or steps_done == 1):
+                run.traces(traces[: l_cfg.traces_per_step])
+            if l_cfg.save_every and steps_done % l_cfg.save_every == 0:
+                _checkpoint(state, steps_done)
+            if progress:
+                progress.update(task, advance=1, description=f"reward {row['reward']:.3f}")
+            if t_cfg.max_seconds and elapsed >= t_cfg.max_seconds:
+                break
+    train_seconds = time.perf_counter() - t_start
+    summary.update({"steps": steps_done, "train_seconds": round(train_seconds, 2)})
+    if l_cfg.save_final and steps_done and not (l_cfg.save_every and steps_done % l_cfg.save_every == 0):
+        _checkpoint(state, steps_done)
+    if e_cfg.after:
+        summary["accuracy_after"] = run_eval(state, "after")
+        evals.append((steps_done, summary["accuracy_after"]))
+    if evals:
+        summary["n_eval"] = len(state.eval_examples)
+    _finish(state, summary, evals, log)
+    return summary
+
+
+def _checkpoint(state: State, step: int) -> None:
+    acc = state.accelerator
+    acc.wait_for_everyone()
+    trainer_state = {"step": step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                     "engine_rng": state.engine.generator.get_state() if hasattr(state.engine, "generator") else None,
+                     "data_position": step * state.recipe.train.prompts_per_step}
+    save_checkpoint(state.run, step, acc.unwrap_model(state.model), state.tokenizer, trainer_state,
+                    state.recipe.log.keep_last)
+    acc.wait_for_everyone()
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return nullcontext()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=False)
+
+
+def _finish(state: State, summary: dict, evals, log) -> None:
+    from selfimprove.report import plot_run, summary_table
+
+    run = state.run
+    if not run.enabled:
+        return
+    if "accuracy_before" in summary and "accuracy_after" in summary:
+        summary["accuracy_gain"] = summary["accuracy_after"] - summary["accuracy_before"]
+    if state.history:
+        last = state.history[-10:]
+        summary["final_reward"] = sum(r["reward"] for r in last) / len(last)
+        summary["step_seconds_median"] = sorted(r["time/step"] for r in state.history)[len(state.history) // 2]
+    summary["run_dir"] = str(run.ensure())
+    run.write_json("summary.json", summary)
+    plot_run(run.path, state.history, evals)
+    log(summary_table(summary))

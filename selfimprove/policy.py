@@ -1,0 +1,66 @@
+"""Loading the policy (and a frozen reference) as ordinary Hugging Face models."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+
+from selfimprove.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(path: str, log=print) -> str:
+    """"tiny" is the embedded model (built on first use); a local folder must hold config.json."""
+    if path == "tiny":
+        from selfimprove.tiny import ensure_tiny
+
+        return str(ensure_tiny(log=log))
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(f"model: {path} is not a Hugging Face model folder (no config.json)")
+        return str(p)
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"model: path does not exist: {path}")
+    return path  # a hub name: transformers will fetch it (when online)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"model: cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise UserError(f"model: the tokenizer of {path} has no chat template")
+    return tok
+
+
+def load_model(path: str, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except OSError as e:
+        raise UserError(f"model: cannot load {path}: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def context_length(model) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 1 << 30))
+
+
+def frozen_copy(model):
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
