@@ -126,7 +126,8 @@ class Recipe:
 
 
 def _closest(key: str, options) -> str:
-    near = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    near = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5) or sorted(
+        (o for o in options if key.startswith(o) or o.startswith(key)), key=len, reverse=True)
     return f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(sorted(options))}"
 
 

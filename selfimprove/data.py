@@ -169,6 +169,8 @@ def load_examples(source: str, cfg, split: str, n_train: int = 0, seed: int = 0)
 
 def encode_prompts(tokenizer, examples: list[Example], max_prompt_tokens: int) -> list[list[int]]:
     """Chat-formatted prompt token ids through the tokenizer's chat template."""
+    if not examples:
+        return []
     texts = [tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True) for ex in examples]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     for ex, row in zip(examples, ids):

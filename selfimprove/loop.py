@@ -271,7 +271,7 @@ def run(recipe, log=print) -> dict:
 
     progress = _progress(acc.is_main_process and l_cfg.progress, t_cfg.steps)
     t_start, steps_done = time.perf_counter(), 0
-    with progress:
+    with progress or nullcontext():
         task = progress.add_task("training", total=t_cfg.steps) if progress else None
         for step in range(t_cfg.steps):
             state.step = step
@@ -302,8 +302,24 @@ def run(recipe, log=print) -> dict:
         evals.append((steps_done, summary["accuracy_after"]))
     if evals:
         summary["n_eval"] = len(state.eval_examples)
+    if acc.num_processes > 1:
+        summary["processes"] = acc.num_processes
+        summary["ranks_weights_identical"] = _weights_identical(state)
     _finish(state, summary, evals, log)
     return summary
+
+
+def _weights_identical(state: State) -> bool:
+    """Every process holds bit-identical weights (a data-parallel sanity check, logged in the summary)."""
+    import hashlib
+
+    acc = state.accelerator
+    h = hashlib.sha256()
+    for p in acc.unwrap_model(state.model).parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digest = torch.tensor([[int.from_bytes(h.digest()[:7], "little")]], dtype=torch.int64, device=acc.device)
+    every = acc.gather(digest).reshape(-1)
+    return bool((every == every[0]).all())
 
 
 def _checkpoint(state: State, step: int) -> None:
@@ -320,7 +336,7 @@ def _checkpoint(state: State, step: int) -> None:
 
 def _progress(enabled: bool, total: int):
     if not enabled:
-        return nullcontext()
+        return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

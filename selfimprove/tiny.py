@@ -24,11 +24,13 @@ from pathlib import Path
 
 import torch
 
-TINY_VERSION = "1"
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+TINY_VERSION = "2"
+# A compact chat format in the style of Phi-3's (<|user|> ... <|end|><|assistant|>): one special
+# token per role marker keeps sequences short, which is most of the warm-start's CPU time.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|end|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' }}{{ message['content'] }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 # Text besides arithmetic, so later tasks (instructions, judging, correction) tokenize compactly.
 _WORDS = (
@@ -48,7 +50,7 @@ class TinySpec:
     intermediate_size: int = 512
     max_positions: int = 256
     vocab_size: int = 384
-    warm_steps: int = 600  # supervised steps on arith (batch 128, constant lr 2e-3)
+    warm_steps: int = 2200  # supervised steps on arith (batch 128, constant lr 2e-3)
     warm_batch: int = 128
     warm_lr: float = 2e-3
     seed: int = 0
@@ -73,8 +75,6 @@ def _corpus(n_lines: int = 20000, seed: int = 0) -> list[str]:
         op = rng.choice("+-*")
         lines.append(f"{a}{op}{b}={rng.randint(-999, 99999)}")
         lines.append(" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) + rng.choice(".?!:"))
-    # the chat template's role names must become single tokens: shorter sequences, faster training
-    lines += ["user\n", "assistant\n", "system\n"] * 3000
     return lines
 
 
@@ -94,7 +94,7 @@ def build_tokenizer(spec: TinySpec):
     )
     tok.train_from_iterator(_corpus(seed=spec.seed), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|pad|>",
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|end|>", pad_token="<|pad|>",
         unk_token=None, padding_side="left", chat_template=CHAT_TEMPLATE,
     )
 
@@ -113,21 +113,36 @@ def build_model(spec: TinySpec, tokenizer):
     return LlamaForCausalLM(config)
 
 
-def sft_batch(tokenizer, examples, answers: list[str]):
-    """Right-padded input ids and labels: loss only on the answer and its EOS."""
-    prompts = [tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True) for ex in examples]
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer([a + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
-    L = max(len(p) + len(a) for p, a in zip(p_ids, a_ids))
-    ids = torch.full((len(p_ids), L), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(p_ids), L), -100, dtype=torch.long)
-    mask = torch.zeros((len(p_ids), L), dtype=torch.long)
-    for i, (p, a) in enumerate(zip(p_ids, a_ids)):
+def sft_batch(tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
+    """Right-padded input ids and labels: loss only on the answer tokens (which end with EOS)."""
+    L = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))
+    ids = torch.full((len(prompt_ids), L), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(prompt_ids), L), -100, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), L), dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompt_ids, answer_ids)):
         seq = p + a
         ids[i, : len(seq)] = torch.tensor(seq)
         labels[i, len(p) : len(seq)] = torch.tensor(a)
         mask[i, : len(seq)] = 1
     return ids, mask, labels
+
+
+def encode_sft(tokenizer, examples) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids through the chat template and answer ids (+ EOS), for many examples at once.
+
+    The template is rendered once around a placeholder and filled by string concatenation (exact for
+    single-message prompts), so 300k examples tokenize in seconds instead of minutes of Jinja.
+    """
+    mark = "\x00"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                             add_generation_prompt=True)
+    prefix, suffix = rendered.split(mark)
+    texts = [prefix + ex.prompt[-1]["content"] + suffix for ex in examples]
+    assert len(examples[0].prompt) == 1 and texts[0] == tokenizer.apply_chat_template(
+        examples[0].prompt, tokenize=False, add_generation_prompt=True)
+    p_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([ex.answer + tokenizer.eos_token for ex in examples], add_special_tokens=False)["input_ids"]
+    return p_ids, a_ids
 
 
 def warm_start(model, tokenizer, spec: TinySpec, log=print) -> None:
@@ -136,18 +151,19 @@ def warm_start(model, tokenizer, spec: TinySpec, log=print) -> None:
 
     data_cfg = DataConfig()
     examples = arith_train(data_cfg, spec.warm_steps * spec.warm_batch, seed=spec.seed + 1)
+    p_ids, a_ids = encode_sft(tokenizer, examples)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.warm_lr, weight_decay=0.0)
     model.train()
     t0 = time.time()
     for step in range(spec.warm_steps):
-        chunk = examples[step * spec.warm_batch : (step + 1) * spec.warm_batch]
-        ids, mask, labels = sft_batch(tokenizer, chunk, [ex.answer for ex in chunk])
+        sl = slice(step * spec.warm_batch, (step + 1) * spec.warm_batch)
+        ids, mask, labels = sft_batch(tokenizer, p_ids[sl], a_ids[sl])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 200 == 0:
             log(f"  warm-start step {step + 1}/{spec.warm_steps}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
 
 

@@ -1,0 +1,67 @@
+import torch
+
+from selfimprove.batch import collate, token_logprobs
+from selfimprove.engines import Sampling
+from selfimprove.engines.hf import HFEngine, sample_token
+from selfimprove.evaluate import make_traces
+from selfimprove.data import Example
+from selfimprove.policy import load_model, load_tokenizer
+
+
+def load(path):
+    return load_model(path), load_tokenizer(path)
+
+
+def prompts(tok, qs=("12+35=", "7*8=", "99-10=")):
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in qs]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_n_samples_per_prompt_with_logprobs_matching_a_training_forward(mini_model):
+    model, tok = load(mini_model)
+    engine = HFEngine(model, tok, seed=0)
+    p = prompts(tok)
+    out = engine.generate(p, Sampling(n=4, temperature=1.0, max_new_tokens=6))
+    assert [len(g) for g in out] == [4, 4, 4]
+    for group in out:
+        for s in group:
+            assert 1 <= len(s.token_ids) <= 6 and len(s.logprobs) == len(s.token_ids)
+            assert (s.finish_reason == "stop") == (s.token_ids[-1] == tok.eos_token_id)
+            assert tok.eos_token_id not in s.token_ids[:-1]
+    # the sampler's log-probs are pi(token) under the unmodified policy: a training forward agrees
+    exs = [Example(str(i), [{"role": "user", "content": "q"}], None, "t") for i in range(3)]
+    traces = make_traces(exs, p, out, tok, tag="t")
+    batch = collate(traces, tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(model, batch)
+    m = batch["mask"].bool()
+    assert torch.allclose(lp[m], batch["old_logp"][m], atol=1e-4)
+
+
+def test_greedy_matches_transformers_generate(mini_model):
+    model, tok = load(mini_model)
+    p = prompts(tok)
+    ours = HFEngine(model, tok).generate(p, Sampling(n=1, temperature=0, max_new_tokens=6))
+    for ids, group in zip(p, ours):
+        ref = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=6, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        if tok.eos_token_id in ref:
+            ref = ref[: ref.index(tok.eos_token_id) + 1]
+        assert group[0].token_ids == ref
+
+
+def test_same_seed_same_samples(mini_model):
+    model, tok = load(mini_model)
+    p = prompts(tok)
+    a = HFEngine(model, tok, seed=3).generate(p, Sampling(n=3, max_new_tokens=5))
+    b = HFEngine(model, tok, seed=3).generate(p, Sampling(n=3, max_new_tokens=5))
+    assert [[s.token_ids for s in g] for g in a] == [[s.token_ids for s in g] for g in b]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_token(logits, 1.0, 0.7, gen)) for _ in range(300)}
+    assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are cut
+    assert int(sample_token(logits, 0.0, 1.0, gen)) == 0

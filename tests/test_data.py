@@ -1,0 +1,82 @@
+import csv
+import json
+
+import pytest
+
+from selfimprove.config import DataConfig
+from selfimprove.data import arith_heldout, arith_train, encode_prompts, load_examples
+from selfimprove.errors import UserError
+
+
+def test_arith_heldout_is_fixed_distinct_and_never_trained_on():
+    cfg = DataConfig()
+    a, b = arith_heldout(cfg), arith_heldout(cfg)
+    assert [e.prompt for e in a] == [e.prompt for e in b] and len(a) == 500
+    qs = {e.prompt[-1]["content"] for e in a}
+    assert len(qs) == 500
+    train = arith_train(cfg, 5000, seed=0)
+    assert not qs & {e.prompt[-1]["content"] for e in train}
+    for e in train[:200]:
+        q = e.prompt[-1]["content"].rstrip("=")
+        assert str(eval(q)) == e.answer  # the answer is exact
+    other = arith_heldout(DataConfig(heldout_seed=7))
+    assert [e.prompt for e in other] != [e.prompt for e in a]
+
+
+def test_arith_difficulty_knobs():
+    cfg = DataConfig(ops="*", min_operand=100, max_operand=999, max_multiplier=99)
+    for e in arith_train(cfg, 100, seed=1):
+        a, b = e.prompt[-1]["content"].rstrip("=").split("*")
+        assert 100 <= int(a) <= 999 and 2 <= int(b) <= 99
+
+
+ROWS = [{"question": "1+1=", "solution": "2"}, {"question": "2+2=", "solution": "4"}]
+
+
+def _write_all(tmp_path):
+    j = tmp_path / "d.jsonl"
+    j.write_text("\n".join(json.dumps(r) for r in ROWS))
+    c = tmp_path / "d.csv"
+    with open(c, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["question", "solution"])
+        w.writeheader()
+        w.writerows(ROWS)
+    import datasets
+
+    ds = datasets.Dataset.from_list(ROWS)
+    pq = tmp_path / "d.parquet"
+    ds.to_parquet(str(pq))
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(folder))
+    return [j, c, pq, folder]
+
+
+def test_every_file_format_with_configured_columns(tmp_path):
+    cfg = DataConfig(prompt_column="question", answer_column="solution", system_prompt="Be exact.")
+    for path in _write_all(tmp_path):
+        ex = load_examples(str(path), cfg, "train")
+        assert [e.answer for e in ex] == ["2", "4"], path
+        assert ex[0].prompt == [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "1+1="}]
+
+
+def test_missing_column_file_and_bad_json(tmp_path):
+    j = _write_all(tmp_path)[0]
+    with pytest.raises(UserError, match=r"row 1 has no prompt column 'prompt' \(columns: question, solution\)"):
+        load_examples(str(j), DataConfig(), "train")
+    with pytest.raises(UserError, match="file not found"):
+        load_examples(str(tmp_path / "nope.jsonl"), DataConfig(), "train")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n{oops\n')
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        load_examples(str(bad), DataConfig(), "train")
+
+
+def test_chat_template_prompts(mini_model):
+    from selfimprove.policy import load_tokenizer
+
+    tok = load_tokenizer(mini_model)
+    ex = arith_heldout(DataConfig())[:2]
+    ids = encode_prompts(tok, ex, 64)
+    assert tok.decode(ids[0]) == f"<|user|>{ex[0].prompt[0]['content']}<|end|><|assistant|>"
+    with pytest.raises(UserError, match="more than data.max_prompt_tokens=3"):
+        encode_prompts(tok, ex, 3)

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+
+from selfimprove.batch import collate
+from selfimprove.config import RewardSpec, load_recipe
+from selfimprove.loop import run
+from selfimprove.policy import load_model
+from selfimprove.trace import Trace, Turn
+
+
+def test_collate_masks_only_trainable_turns_aligned_to_targets():
+    t = Trace(id="a", group_id="g", task="t", prompt=[], turns=[
+        Turn("user", "", [1, 2, 3]), Turn("assistant", "", [4, 5], [-0.4, -0.5], trainable=True),
+        Turn("user", "", [6]), Turn("assistant", "", [7, 8], [-0.7, -0.8], trainable=True)], advantage=0.5)
+    short = Trace(id="b", group_id="g", task="t", prompt=[], turns=[
+        Turn("user", "", [1]), Turn("assistant", "", [9], [-0.9], trainable=True)])
+    b = collate([t, short], pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [1, 9, 0, 0, 0, 0, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1] * 8, [1, 1, 0, 0, 0, 0, 0, 0]]
+    assert b["mask"].tolist() == [[0, 0, 1, 1, 0, 1, 1], [1, 0, 0, 0, 0, 0, 0]]
+    assert b["targets"][0].tolist() == [2, 3, 4, 5, 6, 7, 8]
+    assert torch.allclose(b["old_logp"][0], torch.tensor([0, 0, -0.4, -0.5, 0, -0.7, -0.8]))
+    assert b["advantage"].tolist() == [0.5, 0.0]
+
+
+RECIPE = """
+model: {{path: {model}}}
+data: {{train: arith}}
+generation: {{n: 4, max_new_tokens: 5}}
+rewards:
+  - {{fn: number_format, weight: 1.0}}
+  - {{fn: math_correct, weight: 1.0}}
+algorithm: {{name: {algo}}}
+train: {{steps: 3, prompts_per_step: 4, micro_batch_size: 6, mini_batches: 2, lr: 1.0e-3}}
+eval: {{before: true, after: true, n: 16, reward: math_correct, max_new_tokens: 5}}
+log: {{out: {out}, name: run, every: 1, traces_every: 1, progress: false}}
+"""
+
+
+@pytest.mark.parametrize("algo", ["nft", "grpo", "rft"])
+def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini_model, algo):
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE.format(model=mini_model, algo=algo, out=tmp_path / "runs"))
+    recipe = load_recipe(p, ["algorithm.filter_groups=false"] if algo != "grpo" else [])
+    summary = run(recipe, log=lambda *a: None)
+    d = tmp_path / "runs" / "run"
+    assert summary["run_dir"] == str(d)
+    for name in ("config.yaml", "metrics.jsonl", "traces.jsonl", "summary.json", "reward.png", "accuracy.png"):
+        assert (d / name).is_file(), name
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward", "rewards/number_format", "rewards/math_correct", "loss", "grad_norm", "time/generate",
+                "time/reward", "time/logprob", "time/update", "tokens_per_s", "frac_all_equal"):
+        assert key in rows[0], key
+    assert rows[0]["samples"] == 16
+    s = json.loads((d / "summary.json").read_text())
+    assert {"accuracy_before", "accuracy_after", "n_eval", "train_seconds"} <= set(s) and s["n_eval"] == 16
+    ckpt = d / "checkpoints" / "step-000003"
+    before, after = load_model(mini_model), load_model(str(ckpt))
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
+    assert len(changed) == len(list(before.parameters()))  # every parameter moved
+    assert (ckpt / "trainer_state.pt").is_file() and (ckpt / "tokenizer.json").is_file()
