@@ -27,6 +27,7 @@ from selfimprove.evaluate import evaluate, make_traces
 from selfimprove.policy import context_length, frozen_copy, load_model, load_tokenizer, resolve_model_path
 from selfimprove.runlog import RunLog, save_checkpoint
 from selfimprove.scoring import build_rewards, score
+from selfimprove.trace import dump_jsonl
 
 
 @dataclass
@@ -46,6 +47,7 @@ class State:
     run: RunLog
     step: int = 0
     history: list = field(default_factory=list)
+    eval_traces: dict = field(default_factory=dict)
 
 
 def make_accelerator():
@@ -185,7 +187,7 @@ def update(state: State, traces, ref_lp) -> dict:
                 loss = aggregate(tok, batch["mask"], agg_mode, counts[0].item(), counts[1].item(),
                                  recipe.generation.max_new_tokens, getattr(cfg, "loss_constant", 1000.0))
                 acc.backward(loss * world)  # DDP averages gradients over processes; the sum is wanted
-                stats["loss"] += loss.item() * world
+                stats["loss"] += loss.item() / len(chunks)  # this process's share of the mean mini-batch loss
                 for key, v in metrics.items():
                     extra.setdefault(key, []).append(v)
         stats["grad_norm"] += float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
@@ -211,6 +213,7 @@ def run_eval(state: State, tag: str) -> float:
     ctx = RewardContext(state.tokenizer, state.engine, state.step)
     accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
                                 state.recipe.data.max_prompt_tokens)
+    state.eval_traces[tag] = traces  # the main process writes its shard with the run folder
     totals = acc.reduce(torch.tensor([accuracy * len(shard), float(len(shard))], device=acc.device), "sum")
     return float(totals[0] / totals[1].clamp(min=1))
 
@@ -233,6 +236,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
 
     gen_tokens = sum(len(tr.completion.token_ids) for tr in traces)
     local = {"reward": sum(tr.reward for tr in traces), "n": len(traces), "gen_tokens": gen_tokens,
+             "loss": stats.pop("loss"),
              "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces)}
     for r in state.rewards:
         vals = [tr.rewards[r.name] for tr in traces if tr.rewards.get(r.name) is not None]
@@ -246,7 +250,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     for r in state.rewards:
         row[f"rewards/{r.name}"] = tot[f"reward/{r.name}"] / max(tot[f"count/{r.name}"], 1)
     row.update({
-        "loss": stats.pop("loss"), "grad_norm": stats.pop("grad_norm"), "lr": state.scheduler.get_last_lr()[0],
+        "loss": tot["loss"], "grad_norm": stats.pop("grad_norm"), "lr": state.scheduler.get_last_lr()[0],
         "frac_all_equal": tot["frac_all_equal"] / acc.num_processes, "samples": int(tot["n"]),
         "trained_samples": int(tot["n_train"]), "completion_len": tot["gen_tokens"] / max(tot["n"], 1),
         "time/generate": t1 - t0, "time/reward": t2 - t1, "time/logprob": t3 - t2, "time/update": t4 - t3,
@@ -300,6 +304,8 @@ def run(recipe, log=print) -> dict:
     if e_cfg.after:
         summary["accuracy_after"] = run_eval(state, "after")
         evals.append((steps_done, summary["accuracy_after"]))
+        if acc.is_main_process:
+            log(f"held-out accuracy after training:  {summary['accuracy_after']:.1%} (n={len(state.eval_examples)})")
     if evals:
         summary["n_eval"] = len(state.eval_examples)
     if acc.num_processes > 1:
@@ -356,6 +362,9 @@ def _finish(state: State, summary: dict, evals, log) -> None:
         summary["final_reward"] = sum(r["reward"] for r in last) / len(last)
         summary["step_seconds_median"] = sorted(r["time/step"] for r in state.history)[len(state.history) // 2]
     summary["run_dir"] = str(run.ensure())
+    for tag, traces in state.eval_traces.items():
+        if tag in ("before", "after"):
+            dump_jsonl(traces, run.path / f"eval_{tag}.jsonl")
     run.write_json("summary.json", summary)
     plot_run(run.path, state.history, evals)
     log(summary_table(summary))

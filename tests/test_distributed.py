@@ -1,0 +1,42 @@
+"""The same recipe in two CPU processes under `accelerate launch` (gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE = """
+model: {{path: {model}}}
+data: {{train: arith}}
+generation: {{n: 4, max_new_tokens: 5}}
+rewards:
+  - {{fn: number_format}}
+  - {{fn: math_correct}}
+algorithm: {{name: grpo}}
+train: {{steps: 3, prompts_per_step: 4, micro_batch_size: 4, lr: 1.0e-3, threads: 1}}
+eval: {{after: true, n: 20, reward: math_correct, max_new_tokens: 5}}
+log: {{out: {out}, name: ddp, progress: false}}
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_in_step(tmp_path, mini_model):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(model=mini_model, out=tmp_path / "runs"))
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
+                          "-m", "selfimprove", "train", str(recipe)], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["ranks_weights_identical"] is True
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in rows] == [16, 16, 16]  # 4 prompts x 4 samples over both processes
+    assert summary["n_eval"] == 20
