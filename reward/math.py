@@ -9,6 +9,7 @@ hundreds of samples; everything else (LaTeX, fractions, expressions, sets) goes 
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 
@@ -57,20 +58,25 @@ def _as_number(s: str) -> Fraction | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
+def _parsed(s: str):
+    """math-verify's parse (tens of ms per call), cached: the same wrong replies recur across samples."""
+    from math_verify import parse
+
+    # math-verify reads LaTeX inside $...$ (or \boxed); wrap bare answers so both sides parse alike
+    return parse(s if "$" in s or "\\boxed" in s else f"${s}$")
+
+
 def is_equivalent(pred: str, gold: str) -> bool:
     a, b = _as_number(pred), _as_number(gold)
     if a is not None and b is not None:
         return a == b
-    if not pred.strip():
-        return False
-    from math_verify import parse, verify
-
-    # math-verify reads LaTeX inside $...$ (or \boxed); wrap bare answers so both sides parse alike
-    def wrap(s: str):
-        return parse(s if "$" in s or "\\boxed" in s else f"${s}$")
+    if not pred.strip() or (b is not None and not any(c.isdigit() for c in pred)):
+        return False  # nothing to compare, or a numeric reference and a reply without a single digit
+    from math_verify import verify
 
     try:
-        return bool(verify(wrap(gold), wrap(pred)))
+        return bool(verify(_parsed(gold), _parsed(pred)))
     except Exception:  # math-verify can fail on malformed LaTeX: that answer is simply not correct
         return False
 

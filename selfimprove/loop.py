@@ -163,6 +163,7 @@ def update(state: State, traces, ref_lp) -> dict:
     cfg, t = recipe.algorithm, recipe.train
     agg_mode = getattr(cfg, "loss_agg", "token-mean")
     meta_keys = getattr(state.algo, "META_KEYS", ())
+    zero_loss = getattr(state.algo, "zero_loss", None)  # traces whose gradient is exactly zero
     world = acc.num_processes
     order = list(range(len(traces)))
     chunks = [order[i::t.mini_batches] for i in range(t.mini_batches)] if t.mini_batches > 1 else [order]
@@ -171,7 +172,8 @@ def update(state: State, traces, ref_lp) -> dict:
     for idx in chunks:
         n_tok = sum(sum(len(tu.token_ids) for tu in traces[i].turns if tu.trainable) for i in idx)
         counts = acc.reduce(torch.tensor([float(n_tok), float(len(idx))], device=acc.device), "sum")
-        mbs = micro_batches(idx, t.micro_batch_size) or [[]]
+        live = [i for i in idx if not (zero_loss and zero_loss(traces[i], cfg))]
+        mbs = micro_batches(live, t.micro_batch_size) or [[]]
         for k, mb in enumerate(mbs):
             sync = nullcontext() if k == len(mbs) - 1 else acc.no_sync(model)
             with sync:

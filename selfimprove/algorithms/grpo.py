@@ -64,7 +64,9 @@ def prepare(traces, cfg: Config):
         r = torch.tensor([tr.reward for tr in group], dtype=torch.float64)
         if cfg.filter_groups and bool((r == r[0]).all()):
             continue
-        if cfg.scale_rewards == "batch":
+        if bool((r == r[0]).all()):
+            adv = torch.zeros_like(r)  # exactly zero, whatever the float rounding of the mean
+        elif cfg.scale_rewards == "batch":
             adv = (r - r.mean()) / (batch_sd + 1e-4)
         else:
             adv = group_advantages(r, cfg.scale_rewards, cfg.std)
@@ -72,6 +74,13 @@ def prepare(traces, cfg: Config):
             tr.advantage = a
             kept.append(tr)
     return kept
+
+
+def zero_loss(trace, cfg: Config) -> bool:
+    """True when the trace's loss and gradient are exactly zero (advantage 0, no KL term): the loop
+    then skips its forward/backward but still counts its tokens in the aggregation, so the gradient
+    is unchanged. Groups with all-equal rewards (a third to a half of them, typically) cost nothing."""
+    return cfg.kl_coef == 0 and trace.advantage == 0.0
 
 
 def token_loss(logp, old_logp, advantage, cfg: Config, ref_logp=None):
