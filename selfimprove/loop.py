@@ -369,4 +369,6 @@ def _finish(state: State, summary: dict, evals, log) -> None:
             dump_jsonl(traces, run.path / f"eval_{tag}.jsonl")
     run.write_json("summary.json", summary)
     plot_run(run.path, state.history, evals)
-    log(summary_table(summary))
+    table = summary_table(summary)
+    (run.path / "summary.txt").write_text(table + "\n")
+    log(table)
