@@ -35,7 +35,7 @@ class DataConfig:
     train_split: str = "train"  # split name for hf: / saved datasets
     eval_split: str = "test"
     prompt_column: str = "prompt"
-    answer_column: str = "answer"
+    answer_column: str | None = "answer"  # null: prompts without reference answers
     system_prompt: str | None = None
     max_prompt_tokens: int = 512  # a longer prompt is an error, not a silent truncation
     # knobs of the synthetic arith task: a (op) b with a in [min_operand, max_operand];

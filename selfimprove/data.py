@@ -143,7 +143,12 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
             raise UserError(f"data: {source} row {i + 1}: '{cfg.prompt_column}' must be text or a list of chat messages")
         if cfg.system_prompt and msgs[0].get("role") != "system":
             msgs = [{"role": "system", "content": cfg.system_prompt}] + msgs
-        answer = row.get(cfg.answer_column)
+        if cfg.answer_column and cfg.answer_column not in row:
+            raise UserError(
+                f"data: {source} row {i + 1} has no answer column '{cfg.answer_column}' "
+                f"(columns: {', '.join(map(str, row))}); set data.answer_column (null for prompts without answers)"
+            )
+        answer = row.get(cfg.answer_column) if cfg.answer_column else None
         out.append(Example(id=str(row.get("id", f"{task}-{i}")), prompt=msgs,
                            answer=None if answer is None else str(answer), task=str(row.get("task", task))))
     return out

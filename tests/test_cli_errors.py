@@ -48,6 +48,7 @@ CASES = [
     (dict(), ["train.steps=many"], r"train.steps: expected an integer, got 'many'"),
     (dict(train="/nonexistent/d.jsonl"), [], r"data: file not found: /nonexistent/d.jsonl"),
     (dict(pcol="question"), [], r"has no prompt column 'question'"),
+    (dict(pcol="prompt"), ["data.answer_column=solution"], r"row 1 has no answer column 'solution'"),
     (dict(reward="math_corect"), [], r"unknown reward 'math_corect'; did you mean 'math_correct'"),
     (dict(model="/nonexistent/model"), [], r"model: path does not exist: /nonexistent/model"),
     (dict(reward="tests.test_cli_errors:bad_reward_len"), [], r"returned 1 values for 4 completions"),
@@ -62,7 +63,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, mini_model, data_fil
     fields = dict(fields)
     if fields.get("model", "tiny") == "tiny":
         fields["model"] = mini_model
-    if fields.get("pcol") == "question" or "reward" in fields and "tests." in fields["reward"]:
+    if fields.get("pcol") or "reward" in fields and "tests." in fields["reward"]:
         fields.setdefault("train", str(data_file))
     code, err = run_cli(tmp_path, capsys, overrides, **fields)
     assert code == 2

@@ -63,6 +63,10 @@ def test_missing_column_file_and_bad_json(tmp_path):
     j = _write_all(tmp_path)[0]
     with pytest.raises(UserError, match=r"row 1 has no prompt column 'prompt' \(columns: question, solution\)"):
         load_examples(str(j), DataConfig(), "train")
+    with pytest.raises(UserError, match=r"row 1 has no answer column 'answer'"):
+        load_examples(str(j), DataConfig(prompt_column="question"), "train")
+    no_answers = load_examples(str(j), DataConfig(prompt_column="question", answer_column=None), "train")
+    assert [e.answer for e in no_answers] == [None, None]
     with pytest.raises(UserError, match="file not found"):
         load_examples(str(tmp_path / "nope.jsonl"), DataConfig(), "train")
     bad = tmp_path / "bad.jsonl"
