@@ -5,7 +5,7 @@ its log-prob under the *unmodified* policy (temperature 1, no top-p: the pi_old 
 ratios). `generate(output_logits=True)` would keep a [batch, vocab] tensor per step for the
 whole generation (hundreds of GB for a 150k vocabulary at long lengths); here the log-prob is
 gathered as each token is drawn and the logits are dropped. The loop also stops as soon as every
-sequence has produced EOS.
+sequence has produced EOS, and prefills each prompt once for its n samples.
 """
 
 from __future__ import annotations
@@ -48,37 +48,44 @@ class HFEngine:
         return None
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Sample]]:
-        flat = [p for p in prompts for _ in range(sampling.n)]
-        samples: list[Sample] = []
-        # longest prompts together: less padding per batch
-        order = sorted(range(len(flat)), key=lambda i: -len(flat[i]))
-        by_pos: dict[int, Sample] = {}
-        for start in range(0, len(order), sampling.batch_size):
-            idx = order[start : start + sampling.batch_size]
-            for i, s in zip(idx, self._generate_batch([flat[i] for i in idx], sampling)):
-                by_pos[i] = s
-        samples = [by_pos[i] for i in range(len(flat))]
-        return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
+        n = sampling.n
+        per_batch = max(1, sampling.batch_size // n)  # prompts per forward batch (each becomes n rows)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths: less padding
+        out: dict[int, list[Sample]] = {}
+        for start in range(0, len(order), per_batch):
+            idx = order[start : start + per_batch]
+            rows = self._generate_batch([prompts[i] for i in idx], sampling)
+            for k, i in enumerate(idx):
+                out[i] = rows[k * n : (k + 1) * n]
+        return [out[i] for i in range(len(prompts))]
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], sp: Sampling) -> list[Sample]:
+        """Rows come back prompt-major: prompt 0's n samples, then prompt 1's, ..."""
         model = self.model
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        B, L = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.long)
+        P, L = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((P, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((P, L), dtype=torch.long)
         for i, p in enumerate(prompts):  # left padding: every row's next token is at column L
             ids[i, L - len(p) :] = torch.tensor(p)
             mask[i, L - len(p) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        # Prefill each prompt once, then copy its KV cache to its n samples (a shared prefix):
+        # n times less prefill compute than repeating the prompt n times.
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
-        next_pos = pos[:, -1:] + 1
+        n = sp.n
+        if n > 1:
+            out.past_key_values.batch_repeat_interleave(n)
+        logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+        mask = mask.repeat_interleave(n, dim=0)
+        next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
+        B = P * n
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         toks, lps = [], []
         for _ in range(sp.max_new_tokens):
