@@ -315,6 +315,8 @@ def run(recipe, log=print) -> dict:
         summary["processes"] = acc.num_processes
         summary["ranks_weights_identical"] = _weights_identical(state)
     _finish(state, summary, evals, log)
+    acc.wait_for_everyone()
+    acc.end_training()  # tear the process group down before exit (gloo aborts at exit otherwise)
     return summary
 
 
