@@ -217,8 +217,9 @@ def run_eval(state: State, tag: str) -> float:
     accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
                                 state.recipe.data.max_prompt_tokens)
     state.eval_traces[tag] = traces  # the main process writes its shard with the run folder
-    totals = acc.reduce(torch.tensor([accuracy * len(shard), float(len(shard))], device=acc.device), "sum")
-    return float(totals[0] / totals[1].clamp(min=1))
+    correct = round(accuracy * len(shard))
+    totals = acc.reduce(torch.tensor([correct, len(shard)], dtype=torch.int64, device=acc.device), "sum").tolist()
+    return totals[0] / max(totals[1], 1)
 
 
 def train_step(state: State, step: int) -> tuple[dict, list]:
@@ -290,7 +291,7 @@ def run(recipe, log=print) -> dict:
                 row["eval/accuracy"] = run_eval(state, f"step{steps_done}")
                 evals.append((steps_done, row["eval/accuracy"]))
             state.history.append(row)
-            if steps_done % l_cfg.every == 0 or steps_done == 1:
+            if steps_done % l_cfg.every == 0 or steps_done == 1 or "eval/accuracy" in row:
                 run.metrics(row)
             if l_cfg.traces_every and (steps_done % l_cfg.traces_every == 0 or steps_done == 1):
                 run.traces(traces[: l_cfg.traces_per_step])

@@ -66,3 +66,14 @@ def test_every_recipe_loads_and_validates(path):
     r = load_recipe(ROOT / path)
     assert r.algorithm.name in ("nft", "grpo", "rft")
     assert build_rewards(r.rewards)  # every reward name resolves
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes/accelerate").glob("*.yaml")))
+def test_accelerate_profiles_are_valid_accelerate_configs(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / path))
+    assert cfg.num_processes >= 2
+    assert cfg.distributed_type.value in ("MULTI_GPU", "DEEPSPEED")
+    if "zero" in path:
+        assert cfg.deepspeed_config["zero_stage"] == int(path.split("zero")[1][0])
