@@ -51,6 +51,10 @@ def cmd_eval(args) -> int:
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.k < 1:
+        raise UserError(f"--k must be >= 1, got {args.k}")
+    if args.turns not in (1, 2):
+        raise UserError(f"--turns must be 1 or 2, got {args.turns}")
     data_cfg = DataConfig(prompt_column=args.prompt_column, answer_column=args.answer_column)
     source = args.data
     examples = load_examples(source, data_cfg, args.split)[: args.n]
@@ -61,6 +65,8 @@ def cmd_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = make_engine("hf", model, tokenizer, seed=args.seed)
+    if args.turns == 2:
+        return _eval_two_turn(args, engine, tokenizer, examples, rewards)
     eval_cfg = EvalConfig(n=args.n, reward=rewards[0].name, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature)
     acc, traces = evaluate(engine, tokenizer, examples, rewards, eval_cfg, RewardContext(tokenizer, engine))
@@ -71,6 +77,41 @@ def cmd_eval(args) -> int:
             json.dump(result, f, indent=2)
     if args.traces:
         dump_jsonl(traces, args.traces)
+    return 0
+
+
+def _eval_two_turn(args, engine, tokenizer, examples, rewards) -> int:
+    from reward import RewardContext
+    from selfimprove.engines import Sampling
+    from selfimprove.report import metrics_table, plot_self_correction
+    from selfimprove.selfcorrect import evaluate_two_turn
+    from selfimprove.trace import dump_jsonl
+
+    sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    m, traces = evaluate_two_turn(engine, tokenizer, examples, rewards, RewardContext(tokenizer, engine), args.k,
+                                  sampling, args.instruction)
+    print(metrics_table(m, title=f"self-correction: {args.model} on {args.data} (k={args.k}, {args.instruction})"))
+    _write_outputs(args, m)
+    if args.traces:
+        dump_jsonl(traces, args.traces)
+    if args.plot:
+        plot_self_correction(m, args.plot)
+    return 0
+
+
+def _write_outputs(args, m: dict) -> None:
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(m, f, indent=2)
+
+
+def cmd_metrics(args) -> int:
+    from selfimprove.report import metrics_table
+    from selfimprove.selfcorrect import load_outcomes
+
+    m = load_outcomes(args.file)
+    print(metrics_table(m, title=f"self-correction: {args.file}"))
+    _write_outputs(args, m)
     return 0
 
 
@@ -103,7 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--out", help="write the result as JSON here")
     e.add_argument("--traces", help="write the traces as JSONL here")
+    e.add_argument("--turns", type=int, default=1, help="2: self-correction (Acc@t1/t2, deltas, CL, CS, RSS)")
+    e.add_argument("--k", type=int, default=1, help="samples per problem (two-turn evaluation)")
+    e.add_argument("--instruction", default="reask", help="second-turn instruction: reask, score, or any text")
+    e.add_argument("--plot", help="two-turn: write the outcome plot (PNG) here")
     e.set_defaults(fn=cmd_eval)
+    mt = sub.add_parser("metrics", help="self-correction metrics from a traces or outcomes JSONL file")
+    mt.add_argument("file")
+    mt.add_argument("--out", help="write the metrics as JSON here")
+    mt.set_defaults(fn=cmd_metrics)
     k = sub.add_parser("tiny", help="build (or locate) the embedded tiny model")
     k.add_argument("--force", action="store_true", help="rebuild even if cached")
     k.set_defaults(fn=cmd_tiny)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def summary_table(summary: dict) -> str:
+def summary_table(summary: dict, title: str = "selfimprove run summary") -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="selfimprove run summary", show_header=True)
+    table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in summary.items():
         if isinstance(value, float):
-            text = f"{value:.1%}" if key.startswith("accuracy") else f"{value:.4g}"
+            percent = key.startswith(("accuracy", "acc_", "delta", "pass_at")) or key in ("cl", "cs")
+            text = f"{value:.1%}" if percent else f"{value:.4g}"
         else:
             text = str(value)
         table.add_row(key, text)
@@ -53,3 +54,30 @@ def plot_run(run_dir: Path, history: list[dict], evals: list[tuple[int, float]])
         fig.tight_layout()
         fig.savefig(run_dir / "accuracy.png", dpi=100)
         plt.close(fig)
+
+
+def metrics_table(m: dict, title: str = "self-correction") -> str:
+    """The self-correction metrics as a console table (fractions shown as percents)."""
+    return summary_table({k: (v if v is not None else "n/a") for k, v in m.items()}, title=title)
+
+
+def plot_self_correction(m: dict, path) -> None:
+    """Left: the four outcome classes; right: accuracy at attempt 1 and 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    both = m["acc_t1"] - m["delta_c2i"]
+    classes = {"right->right": both, "right->wrong": m["delta_c2i"], "wrong->right": m["delta_i2c"],
+               "wrong->wrong": 1.0 - both - m["delta_c2i"] - m["delta_i2c"]}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.bar(list(classes), [100 * v for v in classes.values()], color=["tab:green", "tab:red", "tab:blue", "tab:gray"])
+    a.set_ylabel("% of samples")
+    a.tick_params(axis="x", labelsize=8)
+    b.bar(["Acc@t1", "Acc@t2"], [100 * m["acc_t1"], 100 * m["acc_t2"]], color=["tab:gray", "tab:blue"])
+    b.set_ylabel("accuracy (%)")
+    b.set_title(f"delta {100 * m['delta']:+.1f} pts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
