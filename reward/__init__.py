@@ -40,7 +40,7 @@ def trl_adapter(fn: Callable) -> Callable:
     """Call a TRL reward function: prompts and completions in conversational form, columns as kwargs."""
 
     @functools.wraps(fn)
-    def wrapped(traces, ctx=None):
+    def wrapped(traces, ctx=None, **kwargs):  # kwargs: the recipe's rewards[].kwargs
         columns: dict[str, list] = {"answer": [tr.answer for tr in traces], "task": [tr.task for tr in traces]}
         for key in {k for tr in traces for k in tr.meta}:
             columns.setdefault(key, [tr.meta.get(key) for tr in traces])
@@ -49,6 +49,7 @@ def trl_adapter(fn: Callable) -> Callable:
             completions=[[{"role": "assistant", "content": tr.completion.text}] for tr in traces],
             completion_ids=[tr.completion.token_ids for tr in traces],
             **columns,
+            **kwargs,
         )
 
     return wrapped

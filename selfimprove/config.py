@@ -211,7 +211,12 @@ def _bind_recipe(raw: dict, source: str) -> Recipe:
     from selfimprove.algorithms import get_algorithm
 
     raw = dict(raw)
-    algo_raw = dict(raw.pop("algorithm", None) or {"name": "nft"})
+    algo_raw = raw.pop("algorithm", None) or {"name": "nft"}
+    if isinstance(algo_raw, str):  # `algorithm: grpo` is the name alone
+        algo_raw = {"name": algo_raw}
+    if not isinstance(algo_raw, dict):
+        raise UserError(f"algorithm: expected a mapping (algorithm: {{name: nft, ...}}), got {algo_raw!r}")
+    algo_raw = dict(algo_raw)
     if "name" not in algo_raw:
         raise UserError(f"{source}: the algorithm section needs a 'name' (e.g. algorithm: {{name: nft}})")
     algo = get_algorithm(algo_raw["name"])
@@ -242,6 +247,18 @@ def validate(recipe: Recipe) -> None:
         (recipe.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
         (len(recipe.rewards) >= 1, "rewards: at least one reward is needed"),
         (recipe.eval.n >= 1, "eval.n must be >= 1"),
+        (recipe.eval.temperature >= 0, "eval.temperature must be >= 0"),
+        (recipe.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
+        (recipe.eval.every >= 0, "eval.every must be >= 0"),
+        (recipe.log.every >= 1, "log.every must be >= 1"),
+        (recipe.log.keep_last >= 1, "log.keep_last must be >= 1"),
+        (recipe.log.traces_every >= 0 and recipe.log.save_every >= 0, "log.traces_every and log.save_every must be >= 0"),
+        (t.threads >= 0, "train.threads must be >= 0"),
+        (t.max_seconds >= 0 and t.warmup_steps >= 0, "train.max_seconds and train.warmup_steps must be >= 0"),
+        (bool(recipe.data.ops) and set(recipe.data.ops) <= set("+-*"), "data.ops must be a non-empty mix of + - *"),
+        (1 <= recipe.data.min_operand <= recipe.data.max_operand, "data.min_operand must be >= 1 and <= data.max_operand"),
+        (recipe.data.max_multiplier >= 2, "data.max_multiplier must be >= 2"),
+        (recipe.data.n_heldout >= 1 and recipe.data.max_prompt_tokens >= 1, "data.n_heldout and data.max_prompt_tokens must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -50,10 +50,20 @@ class State:
     eval_traces: dict = field(default_factory=dict)
 
 
-def make_accelerator():
-    from accelerate import Accelerator
+MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+
+def make_accelerator(dtype: str = "float32"):
+    """16-bit dtypes train as mixed precision: fp32 master weights, autocast in the forward pass."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state per process; a second run in the same single process (tests,
+    # notebooks) with another precision must start from a fresh one
+    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
+            and AcceleratorState().mixed_precision != MIXED[dtype]:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype])
 
 
 def lr_lambda(train_cfg):
@@ -77,7 +87,7 @@ def setup(recipe, log=print) -> State:
     from accelerate.utils import set_seed
 
     algo = get_algorithm(recipe.algorithm.name)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(recipe.model.dtype)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     set_seed(recipe.seed)
@@ -101,16 +111,17 @@ def setup(recipe, log=print) -> State:
 
     path = resolve_model_path(recipe.model.path, log=log if accelerator.is_main_process else (lambda *a: None))
     tokenizer = load_tokenizer(path)
-    model = load_model(path, recipe.model.dtype)
+    model = load_model(path, "float32")  # master weights; model.dtype sets the autocast precision
     ctx_len = context_length(model)
     # synthetic tasks are uniform: a sample of prompts stands for all; user data is checked whole
     sample = train_examples[:2000] if d.train == "arith" else train_examples
-    for examples in (sample, eval_examples):
+    for examples, new, key in ((sample, recipe.generation.max_new_tokens, "generation"),
+                               (eval_examples, recipe.eval.max_new_tokens, "eval")):
         ids = encode_prompts(tokenizer, examples, d.max_prompt_tokens)
         longest = max((len(x) for x in ids), default=0)
-        if longest + recipe.generation.max_new_tokens > ctx_len:
-            raise UserError(f"data: a prompt of {longest} tokens + generation.max_new_tokens="
-                            f"{recipe.generation.max_new_tokens} exceeds the model's context of {ctx_len} tokens")
+        if ids and longest + new > ctx_len:
+            raise UserError(f"data: a prompt of {longest} tokens + {key}.max_new_tokens={new} "
+                            f"exceeds the model's context of {ctx_len} tokens")
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     ref_model = frozen_copy(model) if getattr(algo, "needs_reference", lambda c: False)(recipe.algorithm) else None
@@ -120,7 +131,8 @@ def setup(recipe, log=print) -> State:
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                   weight_decay=t.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
+    model, optimizer = accelerator.prepare(model, optimizer)
     if ref_model is not None:
         ref_model = ref_model.to(accelerator.device)
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
@@ -171,11 +183,14 @@ def update(state: State, traces, ref_lp) -> dict:
     order = list(range(len(traces)))
     chunks = [order[i::t.mini_batches] for i in range(t.mini_batches)] if t.mini_batches > 1 else [order]
     stats: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0}
+    steps_taken = 0
     extra: dict[str, list] = {}
     for idx in chunks:
         n_tok = sum(sum(len(tu.token_ids) for tu in traces[i].turns if tu.trainable) for i in idx)
-        counts = acc.reduce(torch.tensor([float(n_tok), float(len(idx))], device=acc.device), "sum")
         live = [i for i in idx if not (zero_loss and zero_loss(traces[i], cfg))]
+        counts = acc.reduce(torch.tensor([float(n_tok), float(len(idx)), float(len(live))], device=acc.device), "sum")
+        if counts[2].item() == 0:  # nothing to learn on any process: no step (Adam's momentum would still move)
+            continue
         mbs = micro_batches(live, t.micro_batch_size) or [[]]
         for k, mb in enumerate(mbs):
             sync = nullcontext() if k == len(mbs) - 1 else acc.no_sync(model)
@@ -196,10 +211,12 @@ def update(state: State, traces, ref_lp) -> dict:
                 for key, v in metrics.items():
                     extra.setdefault(key, []).append(v)
         stats["grad_norm"] += float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+        steps_taken += 1
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
     stats["grad_norm"] /= len(chunks)
+    stats["optimizer_steps"] = steps_taken
     stats.update({k: sum(v) / len(v) for k, v in extra.items()})
     return stats
 
@@ -224,13 +241,28 @@ def run_eval(state: State, tag: str) -> float:
     return totals[0] / max(totals[1], 1)
 
 
+def _score_everywhere(state: State, traces, step: int) -> None:
+    """Score; if a reward fails on any process, every process stops with an error (none waits forever)."""
+    acc, error = state.accelerator, None
+    try:
+        score(traces, state.rewards, RewardContext(state.tokenizer, state.engine, step))
+    except UserError as e:
+        error = e
+    if acc.num_processes > 1:
+        failed = acc.reduce(torch.tensor([1 if error else 0], device=acc.device), "sum").item()
+        if failed and error is None:
+            raise UserError(f"a reward failed on another process at step {step + 1} (its message is in that process's output)")
+    if error is not None:
+        raise error
+
+
 def train_step(state: State, step: int) -> tuple[dict, list]:
     """One rollout step; returns (metrics, traces)."""
     acc, recipe = state.accelerator, state.recipe
     t0 = time.perf_counter()
     traces = rollout(state, step)
     t1 = time.perf_counter()
-    score(traces, state.rewards, RewardContext(state.tokenizer, state.engine, step))
+    _score_everywhere(state, traces, step)
     t2 = time.perf_counter()
     train_traces = state.algo.prepare(traces, recipe.algorithm)
     ref_lp = reference_logprobs(state, train_traces) if state.ref_model is not None else None

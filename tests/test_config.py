@@ -54,6 +54,13 @@ def test_value_checks(tmp_path):
         load_recipe(write(tmp_path, "algorithm: {name: nft, omega: half}\n"))
     with pytest.raises(UserError, match="unknown algorithm 'nfx'; did you mean 'nft'"):
         load_recipe(write(tmp_path, "algorithm: {name: nfx}\n"))
+    assert load_recipe(write(tmp_path, "algorithm: grpo\n")).algorithm.name == "grpo"
+    for text, msg in [("log: {every: 0}", "log.every must be >= 1"), ("log: {keep_last: 0}", "log.keep_last"),
+                      ("eval: {temperature: -1}", "eval.temperature"), ("data: {ops: '/'}", "data.ops"),
+                      ("data: {min_operand: 50, max_operand: 10}", "data.min_operand"),
+                      ("train: {threads: -1}", "train.threads"), ("algorithm: [1]", "algorithm: expected a mapping")]:
+        with pytest.raises(UserError, match=msg):
+            load_recipe(write(tmp_path, text + "\n"))
     with pytest.raises(UserError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
 

@@ -62,3 +62,30 @@ def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini
     changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
     assert len(changed) == len(list(before.parameters()))  # every parameter moved
     assert (ckpt / "trainer_state.pt").is_file() and (ckpt / "tokenizer.json").is_file()
+
+
+def constant_reward(traces, ctx):
+    return [1.0] * len(traces)
+
+
+def test_no_optimizer_step_when_nothing_carries_a_gradient(tmp_path, mini_model):
+    # every group has equal rewards: GRPO advantages are exactly 0, so the weights must not move at all
+    # (Adam's momentum and weight decay would still move them on an empty step)
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE.format(model=mini_model, algo="grpo", out=tmp_path / "runs"))
+    recipe = load_recipe(p, ["eval.before=false", "eval.after=false", "train.weight_decay=0.1"])
+    recipe.rewards = [RewardSpec(fn="tests.test_loop:constant_reward")]
+    summary = run(recipe, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["optimizer_steps"] for r in rows] == [0, 0, 0] and [r["frac_all_equal"] for r in rows] == [1.0] * 3
+    before, after = load_model(mini_model), load_model(summary["run_dir"] + "/checkpoints/step-000003")
+    assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+
+def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, mini_model):
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE.format(model=mini_model, algo="grpo", out=tmp_path / "runs"))
+    recipe = load_recipe(p, ["model.dtype=bfloat16", "eval.before=false", "eval.after=false", "train.steps=1"])
+    summary = run(recipe, log=lambda *a: None)
+    after = load_model(summary["run_dir"] + "/checkpoints/step-000001")
+    assert next(after.parameters()).dtype == torch.float32

@@ -34,8 +34,13 @@ class HFEngine:
     def __init__(self, model, tokenizer, seed: int = 0):
         self.model = model
         self.eos_id = tokenizer.eos_token_id
+        # every end-of-turn id: Qwen and Llama-3 configs list several (e.g. <|im_end|> and <|endoftext|>)
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        extra = gen_eos if isinstance(gen_eos, list) else ([gen_eos] if gen_eos is not None else [])
+        self.stop_ids = sorted({self.eos_id, *extra} - {None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     # The trainer and this engine share one model object, so the weights are always current.
     def load_weights(self, named_tensors=None) -> None:
@@ -87,14 +92,15 @@ class HFEngine:
         next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
         B = P * n
         finished = torch.zeros(B, dtype=torch.bool, device=device)
+        stop = torch.tensor(self.stop_ids, device=device)
         toks, lps = [], []
         for _ in range(sp.max_new_tokens):
-            nxt = sample_token(logits, sp.temperature, sp.top_p, self.generator if device.type == "cpu" else None)
+            nxt = sample_token(logits, sp.temperature, sp.top_p, self.generator)
             lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
             nxt = torch.where(finished, torch.full_like(nxt, self.pad_id), nxt)
             toks.append(nxt)
             lps.append(lp)
-            finished = finished | (nxt == self.eos_id)
+            finished = finished | torch.isin(nxt, stop)
             if bool(finished.all()):
                 break
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
@@ -107,9 +113,11 @@ class HFEngine:
         tok_rows = torch.stack(toks, 1).tolist()
         lp_rows = torch.stack(lps, 1).tolist()
         result = []
+        stops = set(self.stop_ids)
         for trow, lrow in zip(tok_rows, lp_rows):
-            if self.eos_id in trow:
-                k = trow.index(self.eos_id) + 1
+            hit = next((j for j, t in enumerate(trow) if t in stops), None)
+            if hit is not None:
+                k = hit + 1
                 result.append(Sample(trow[:k], lrow[:k], "stop"))
             else:
                 result.append(Sample(trow, lrow, "length"))

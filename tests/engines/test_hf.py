@@ -65,3 +65,18 @@ def test_top_p_keeps_only_the_nucleus():
     draws = {int(sample_token(logits, 1.0, 0.7, gen)) for _ in range(300)}
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are cut
     assert int(sample_token(logits, 0.0, 1.0, gen)) == 0
+
+
+def test_every_end_of_turn_id_stops_generation(mini_model):
+    model, tok = load(mini_model)
+    one = tok.convert_tokens_to_ids("1")  # a frequent token stands in for a second end-of-turn id
+    model.generation_config.eos_token_id = [tok.eos_token_id, one]
+    engine = HFEngine(model, tok, seed=0)
+    assert engine.stop_ids == sorted({tok.eos_token_id, one})
+    out = engine.generate(prompts(tok, ("12+35=", "17+4=", "81-70=", "9*9=")), Sampling(n=8, max_new_tokens=6))
+    ends = [s.token_ids[-1] for g in out for s in g if s.finish_reason == "stop"]
+    assert one in ends  # generation did stop at the second id
+    for g in out:
+        for s in g:
+            assert all(t not in engine.stop_ids for t in s.token_ids[:-1])
+            assert (s.finish_reason == "stop") == (s.token_ids[-1] in engine.stop_ids)

@@ -78,3 +78,12 @@ def test_unknown_reward_and_bad_kwargs():
     with pytest.raises(UserError, match="has no argument 'bogus'"):
         build_rewards([RewardSpec(fn="exact_match", kwargs={"bogus": 1})])
     assert set(REWARDS) >= {"math_correct", "exact_match", "think_format", "number_format", "regex_format"}
+
+
+def trl_with_option(prompts, completions, scale=1.0, **kwargs):
+    return [scale] * len(completions)
+
+
+def test_trl_style_function_takes_recipe_kwargs():
+    (r,) = build_rewards([RewardSpec(fn="tests.reward.test_math:trl_with_option", kwargs={"scale": 2.5})])
+    assert r.fn([tr("1"), tr("2")], RewardContext()) == [2.5, 2.5]
