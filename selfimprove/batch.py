@@ -18,15 +18,21 @@ def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.
     attn = torch.zeros((B, L), dtype=torch.long)
     mask = torch.zeros((B, L - 1), dtype=torch.float32)
     old = torch.zeros((B, L - 1), dtype=torch.float32)
+    tok_adv = torch.zeros((B, L - 1), dtype=torch.float32)  # per-token advantage (the turn's, else the trace's)
+    turn_id = torch.zeros((B, L - 1), dtype=torch.long)  # 1 for the first trainable turn, 2 for the second...
     for i, tr in enumerate(traces):
-        pos = 0
+        pos, k = 0, 0
         for turn in tr.turns:
             n = len(turn.token_ids)
             if n:
                 ids[i, pos : pos + n] = torch.tensor(turn.token_ids)
                 if turn.trainable:
                     # token at sequence position p is predicted at target column p - 1
+                    k += 1
                     mask[i, pos - 1 : pos - 1 + n] = 1.0
+                    turn_id[i, pos - 1 : pos - 1 + n] = k
+                    adv = turn.advantage if turn.advantage is not None else (tr.advantage or 0.0)
+                    tok_adv[i, pos - 1 : pos - 1 + n] = adv
                     if turn.logprobs is not None:
                         old[i, pos - 1 : pos - 1 + n] = torch.tensor(turn.logprobs)
             pos += n
@@ -37,6 +43,8 @@ def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.
         "targets": ids[:, 1:].to(device),
         "mask": mask.to(device),
         "old_logp": old.to(device),
+        "tok_adv": tok_adv.to(device),
+        "turn_id": turn_id.to(device),
         "advantage": torch.tensor([tr.advantage or 0.0 for tr in traces], dtype=torch.float32, device=device),
         "reward": torch.tensor([tr.reward for tr in traces], dtype=torch.float32, device=device),
     }

@@ -151,13 +151,15 @@ def step_examples(state: State, step: int) -> list:
     return [state.train_examples[(start + i) % n] for i in range(per_rank)]
 
 
+def sampling_of(g) -> Sampling:
+    return Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+                    batch_size=g.batch_size)
+
+
 def rollout(state: State, step: int):
-    g = state.recipe.generation
     examples = step_examples(state, step)
     prompt_ids = encode_prompts(state.tokenizer, examples, state.recipe.data.max_prompt_tokens)
-    sampling = Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                        batch_size=g.batch_size)
-    samples = state.engine.generate(prompt_ids, sampling)
+    samples = state.engine.generate(prompt_ids, sampling_of(state.recipe.generation))
     return make_traces(examples, prompt_ids, samples, state.tokenizer,
                        tag=f"s{step}-r{state.accelerator.process_index}", version=step)
 
@@ -264,6 +266,12 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     t1 = time.perf_counter()
     _score_everywhere(state, traces, step)
     t2 = time.perf_counter()
+    extend = getattr(state.algo, "extend", None)  # multi-turn methods add turns to the scored episode
+    if extend is not None:
+        extend(traces, state.engine, state.tokenizer, sampling_of(recipe.generation), recipe.algorithm)
+        t_ext = time.perf_counter()
+        _score_everywhere(state, traces, step)
+        t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
     train_traces = state.algo.prepare(traces, recipe.algorithm)
     ref_lp = reference_logprobs(state, train_traces) if state.ref_model is not None else None
     t3 = time.perf_counter()
@@ -272,7 +280,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     state.engine.load_weights()  # the HF engine shares the model; other backends receive the new weights
     t5 = time.perf_counter()
 
-    gen_tokens = sum(len(tr.completion.token_ids) for tr in traces)
+    gen_tokens = sum(len(t.token_ids) for tr in traces for t in tr.turns if t.trainable)
     local = {"reward": sum(tr.reward for tr in traces), "n": len(traces), "gen_tokens": gen_tokens,
              "loss": stats.pop("loss"),
              "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces)}

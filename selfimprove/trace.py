@@ -25,6 +25,7 @@ class Turn:
     trainable: bool = False  # the loss covers these tokens
     reward: float | None = None  # per-turn score (SCoRe's r(y1), r(y2))
     finish_reason: str | None = None  # "stop" (EOS) | "length" (hit max_new_tokens)
+    advantage: float | None = None  # per-turn advantage (multi-turn methods); None: the trace's
 
 
 @dataclass

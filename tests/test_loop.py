@@ -39,11 +39,13 @@ log: {{out: {out}, name: run, every: 1, traces_every: 1, progress: false}}
 """
 
 
-@pytest.mark.parametrize("algo", ["nft", "grpo", "rft"])
+@pytest.mark.parametrize("algo", ["nft", "grpo", "rft", "score"])
 def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini_model, algo):
     p = tmp_path / "r.yaml"
     p.write_text(RECIPE.format(model=mini_model, algo=algo, out=tmp_path / "runs"))
-    recipe = load_recipe(p, ["algorithm.filter_groups=false"] if algo != "grpo" else [])
+    overrides = {"nft": ["algorithm.filter_groups=false"], "rft": ["algorithm.filter_groups=false"],
+                 "score": ["algorithm.stage1_steps=1", "algorithm.instruction=reask"]}.get(algo, [])
+    recipe = load_recipe(p, overrides)
     summary = run(recipe, log=lambda *a: None)
     d = tmp_path / "runs" / "run"
     assert summary["run_dir"] == str(d)
@@ -55,6 +57,11 @@ def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini
                 "time/reward", "time/logprob", "time/update", "tokens_per_s", "frac_all_equal"):
         assert key in rows[0], key
     assert rows[0]["samples"] == 16
+    if algo == "score":  # two attempts, the reference KL logged per turn, Stage I then Stage II
+        assert "kl_turn1" in rows[0] and "kl_turn2" in rows[0]
+        last = [json.loads(x) for x in (d / "traces.jsonl").read_text().splitlines()][-1]
+        assert [t["role"] for t in last["turns"]] == ["user", "assistant", "user", "assistant"]
+        assert last["meta"]["score.stage"] == 2
     s = json.loads((d / "summary.json").read_text())
     assert {"accuracy_before", "accuracy_after", "n_eval", "train_seconds"} <= set(s) and s["n_eval"] == 16
     ckpt = d / "checkpoints" / "step-000003"

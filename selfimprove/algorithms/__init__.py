@@ -3,7 +3,9 @@
 A module defines `Config` (its recipe section, with a `name`), `check(cfg) -> list[str]` (value
 errors), `prepare(traces, cfg) -> traces` (advantages, labels, filtering), `loss(batch, logp, cfg)
 -> (per-token loss [B, T], metrics)`, `META_KEYS` (trace.meta entries collated into tensors) and
-optionally `needs_reference(cfg)`. `loop.run` drives them; no Trainer class hierarchy.
+optionally `needs_reference(cfg)`, `zero_loss(trace, cfg)` (the trace's gradient is exactly
+zero: skipped) and `extend(traces, engine, tokenizer, sampling, cfg)` (add turns to scored episodes;
+the loop scores them again). `loop.run` drives them; no Trainer class hierarchy.
 A module outside the package is named by its import path: `algorithm: {name: mylab.algos.foo}`.
 """
 
@@ -19,6 +21,7 @@ ALGORITHMS = {
     "nft": "selfimprove.algorithms.nft",
     "grpo": "selfimprove.algorithms.grpo",
     "rft": "selfimprove.algorithms.rft",
+    "score": "selfimprove.algorithms.score",
 }
 
 

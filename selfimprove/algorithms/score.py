@@ -1,0 +1,127 @@
+"""SCoRe: two-turn self-correction RL (Kumar et al., arXiv 2409.12917, ICLR 2025).
+
+Episode: y1 ~ pi(.|x), then x2 = x + y1 + instruction, y2 ~ pi(.|x2), built on token ids
+(selfimprove/multiturn.py); the instruction is never trained on. Rewards r1, r2 come from the
+recipe's rewards applied to each attempt. Per token (algorithms.md 1.2, eq. 3 and 4):
+
+  Stage I  (steps < stage1_steps):  -A(r2) log pi(y2|x2)  +  beta2 KL(pi || ref) on y1
+           turn-1 tokens get no policy-gradient term; the strong KL pins attempt 1 to the base model.
+  Stage II: -A(r1) log pi(y1|x1) - A(r2~) log pi(y2|x2) + beta1 [KL on y1 + KL on y2]
+           with the shaped reward r2~ = r2 + alpha (r2 - r1)   (alpha 10: (0,1)->11, (1,0)->-10).
+
+A is the reward itself (REINFORCE without a baseline, as BY571/SCoRe) or minus the group mean
+(`baseline: group`), optionally divided by the group std (`baseline: normalize`); the paper leaves
+this open (1.8). Defaults are the paper's MATH values: alpha 10, beta1 0.01, beta2 0.1, T = 1.0.
+KL: k3 on sampled tokens against a frozen reference (or the adapters-off model with LoRA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from selfimprove.algorithms.common import LOSS_AGGREGATIONS, groups, kl_penalty
+from selfimprove.multiturn import add_second_attempt
+
+META_KEYS = ("score.kl1", "score.kl2")
+
+
+@dataclass
+class Config:
+    name: str = "score"
+    stage1_steps: int = 0  # rollout steps of Stage I; the rest of train.steps is Stage II
+    alpha: float = 10.0  # shaping bonus (paper: 10)
+    beta1: float = 0.01  # Stage II KL on both turns (paper, MATH)
+    beta2: float = 0.1  # Stage I KL on turn 1 (paper, MATH; 0.25 for code)
+    stage1_turn2_kl: float = 0.0  # Stage I KL on turn 2 (BY571: none)
+    kl_estimator: str = "k3"  # k1 | k3
+    baseline: str = "none"  # none (REINFORCE) | group (minus the group mean) | normalize (and / std)
+    turn1_gets_shaped: bool = False  # Stage II: turn 1 also credited with r2~ (instead of r1)
+    instruction: str = "score"  # score | reask | any text ({question} is replaced)
+    loss_agg: str = "token-mean"
+    loss_constant: float = 1000.0
+
+
+def check(cfg: Config) -> list[str]:
+    errs = []
+    if cfg.baseline not in ("none", "group", "normalize"):
+        errs.append(f"algorithm.baseline must be none, group or normalize, got '{cfg.baseline}'")
+    if cfg.kl_estimator not in ("k1", "k3"):
+        errs.append(f"algorithm.kl_estimator must be k1 or k3, got '{cfg.kl_estimator}'")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        errs.append(f"algorithm.loss_agg must be one of {', '.join(LOSS_AGGREGATIONS)}")
+    if min(cfg.beta1, cfg.beta2, cfg.stage1_turn2_kl, cfg.stage1_steps) < 0:
+        errs.append("algorithm.beta1, beta2, stage1_turn2_kl and stage1_steps must be >= 0")
+    return errs
+
+
+def needs_reference(cfg: Config) -> bool:
+    return max(cfg.beta1, cfg.beta2, cfg.stage1_turn2_kl) > 0
+
+
+def shaped_reward(r1: float, r2: float, alpha: float) -> float:
+    """Eq. 4's bonus: r2~ = r2 + alpha (r2 - r1)."""
+    return r2 + alpha * (r2 - r1)
+
+
+def extend(traces, engine, tokenizer, sampling, cfg: Config) -> None:
+    """Record attempt 1's reward on its turn, then add the instruction and attempt 2."""
+    for tr in traces:
+        tr.turns[1].reward = tr.reward
+    add_second_attempt(engine, tokenizer, traces, cfg.instruction, sampling)
+
+
+def _advantages(values: list[float], baseline: str) -> list[float]:
+    if baseline == "none" or len(values) < 2:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    centered = t - t.mean()
+    if baseline == "normalize":
+        centered = centered / (t.std() + 1e-4)
+    return centered.tolist()
+
+
+def prepare(traces, cfg: Config):
+    """Per-turn advantages (on the turns) and per-turn KL coefficients (in meta), by stage."""
+    for group in groups(traces).values():
+        stage1 = group[0].policy_version < cfg.stage1_steps
+        r1 = [tr.turns[1].reward for tr in group]
+        r2 = [tr.reward for tr in group]
+        r2s = [shaped_reward(a, b, cfg.alpha) for a, b in zip(r1, r2)]
+        if stage1:
+            a1 = [0.0] * len(group)  # Stage I: no policy gradient on attempt 1
+            a2 = _advantages(r2, cfg.baseline)
+        else:
+            a1 = _advantages(r2s if cfg.turn1_gets_shaped else r1, cfg.baseline)
+            a2 = _advantages(r2s, cfg.baseline)
+        for tr, x1, x2, s in zip(group, a1, a2, r2s):
+            tr.turns[3].reward = tr.reward
+            tr.turns[1].advantage, tr.turns[3].advantage = x1, x2
+            tr.meta["score.stage"] = 1 if stage1 else 2
+            tr.meta["score.shaped_r2"] = s
+            tr.meta["score.kl1"] = cfg.beta2 if stage1 else cfg.beta1
+            tr.meta["score.kl2"] = cfg.stage1_turn2_kl if stage1 else cfg.beta1
+    return traces
+
+
+def token_loss(logp, old_logp, tok_adv, turn_id, kl1, kl2, cfg: Config, ref_logp=None):
+    """Per-token loss [B, T]: REINFORCE (as a ratio to pi_old: the same gradient on-policy) + per-turn KL."""
+    tok = -torch.exp(logp - old_logp) * tok_adv
+    if ref_logp is not None:
+        coef = torch.where(turn_id == 1, kl1[:, None], torch.where(turn_id == 2, kl2[:, None], torch.zeros_like(logp)))
+        tok = tok + coef * kl_penalty(logp, ref_logp, cfg.kl_estimator)
+    return tok
+
+
+def loss(batch, logp, cfg: Config):
+    tok = token_loss(logp, batch["old_logp"], batch["tok_adv"], batch["turn_id"], batch["score.kl1"],
+                     batch["score.kl2"], cfg, batch.get("ref_logp"))
+    metrics = {}
+    if batch.get("ref_logp") is not None:
+        with torch.no_grad():
+            kl = kl_penalty(logp, batch["ref_logp"], cfg.kl_estimator)
+            for k in (1, 2):
+                m = (batch["turn_id"] == k).float()
+                metrics[f"kl_turn{k}"] = float((kl * m).sum() / m.sum().clamp(min=1))
+    return tok, metrics
