@@ -38,15 +38,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from reward import RewardContext
-    from selfimprove.config import DataConfig, EvalConfig, RewardSpec
-    from selfimprove.data import load_examples, require_answers
-    from selfimprove.engines import make_engine
+    from selfimprove.config import EvalConfig
     from selfimprove.evaluate import evaluate
-    from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
-    from selfimprove.scoring import build_rewards
     from selfimprove.trace import dump_jsonl
 
     if args.n < 1:
@@ -55,16 +49,8 @@ def cmd_eval(args) -> int:
         raise UserError(f"--k must be >= 1, got {args.k}")
     if args.turns not in (1, 2):
         raise UserError(f"--turns must be 1 or 2, got {args.turns}")
-    data_cfg = DataConfig(prompt_column=args.prompt_column, answer_column=args.answer_column)
+    examples, rewards, tokenizer, engine = _load_for_generation(args)
     source = args.data
-    examples = load_examples(source, data_cfg, args.split)[: args.n]
-    require_answers(examples, source, args.answer_column)
-    rewards = build_rewards([RewardSpec(fn=args.reward)])
-    path = resolve_model_path(args.model)
-    tokenizer, model = load_tokenizer(path), load_model(path)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    engine = make_engine("hf", model, tokenizer, seed=args.seed)
     if args.turns == 2:
         return _eval_two_turn(args, engine, tokenizer, examples, rewards)
     eval_cfg = EvalConfig(n=args.n, reward=rewards[0].name, max_new_tokens=args.max_new_tokens,
@@ -115,6 +101,68 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def _load_for_generation(args):
+    import torch
+
+    from selfimprove.config import DataConfig, RewardSpec
+    from selfimprove.data import load_examples, require_answers
+    from selfimprove.engines import make_engine
+    from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+    from selfimprove.scoring import build_rewards
+
+    data_cfg = DataConfig(prompt_column=args.prompt_column, answer_column=args.answer_column)
+    examples = load_examples(args.data, data_cfg, args.split, n_train=args.n, seed=args.seed)[: args.n]
+    require_answers(examples, args.data, args.answer_column)
+    rewards = build_rewards([RewardSpec(fn=args.reward)])
+    path = resolve_model_path(args.model)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return examples, rewards, tokenizer, make_engine("hf", model, tokenizer, seed=args.seed)
+
+
+def cmd_cct(args) -> int:
+    from reward import RewardContext
+    from selfimprove.cct import build_cct
+    from selfimprove.engines import Sampling
+
+    examples, rewards, tokenizer, engine = _load_for_generation(args)
+    rows = build_cct(engine, tokenizer, examples, rewards, RewardContext(tokenizer, engine), args.rows,
+                     args.keep_share, args.k, args.instruction, args.plain_share,
+                     Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens), args.seed)
+    with open(args.out + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(args.out + ".tmp", args.out)
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in ("clt", "cst", "sft")}
+    print(f"wrote {len(rows)} rows to {args.out}: {kinds['clt']} keep (CLT), {kinds['cst']} fix (CST), {kinds['sft']} plain")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    """Supervised fine-tuning on prompt-completion JSONL (e.g. CCT data) with TRL's SFTTrainer."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from selfimprove.data import _read_rows
+    from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+
+    rows = _read_rows(args.data, "train")
+    for i, r in enumerate(rows, 1):
+        if "prompt" not in r or "completion" not in r:
+            raise UserError(f"sft: {args.data} row {i} needs 'prompt' and 'completion' (conversational prompt-completion rows)")
+    path = resolve_model_path(args.model)
+    ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    cfg = SFTConfig(output_dir=args.out, num_train_epochs=args.epochs, learning_rate=args.lr,
+                    per_device_train_batch_size=args.batch_size, report_to="none", save_strategy="no",
+                    logging_steps=10, use_cpu=not __import__("torch").cuda.is_available(), seed=args.seed)
+    trainer = SFTTrainer(model=load_model(path), args=cfg, train_dataset=ds, processing_class=load_tokenizer(path))
+    trainer.train()
+    trainer.save_model(args.out)
+    load_tokenizer(path).save_pretrained(args.out)
+    print(f"fine-tuned model: {args.out}")
+    return 0
+
+
 def cmd_tiny(args) -> int:
     from selfimprove.tiny import build_tiny, ensure_tiny, tiny_path
 
@@ -153,6 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("file")
     mt.add_argument("--out", help="write the metrics as JSON here")
     mt.set_defaults(fn=cmd_metrics)
+    c = sub.add_parser("cct", help="build confidence/critique (CCT) SFT data from the model's own first attempts")
+    c.add_argument("model")
+    c.add_argument("--data", default="arith", help="arith (its training problems) or a jsonl/csv/parquet file")
+    c.add_argument("--split", default="train")
+    c.add_argument("--n", type=int, default=200, help="questions to sample first attempts for")
+    c.add_argument("--k", type=int, default=4, help="first attempts per question")
+    c.add_argument("--rows", type=int, default=400, help="rows in the mixture")
+    c.add_argument("--keep-share", type=float, default=0.4, help="share of keep-a-correct-answer (CLT) rows")
+    c.add_argument("--plain-share", type=float, default=0.0, help="share of plain SFT rows (SFT + CCT)")
+    c.add_argument("--instruction", default="reask")
+    c.add_argument("--reward", default="math_correct")
+    c.add_argument("--prompt-column", default="prompt")
+    c.add_argument("--answer-column", default="answer")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--max-new-tokens", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--out", required=True, help="output JSONL")
+    c.set_defaults(fn=cmd_cct)
+    f = sub.add_parser("sft", help="fine-tune on prompt-completion JSONL (CCT data) with TRL's SFTTrainer")
+    f.add_argument("model")
+    f.add_argument("data")
+    f.add_argument("--out", required=True, help="output model folder")
+    f.add_argument("--epochs", type=float, default=1.0)
+    f.add_argument("--lr", type=float, default=5e-5)
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(fn=cmd_sft)
     k = sub.add_parser("tiny", help="build (or locate) the embedded tiny model")
     k.add_argument("--force", action="store_true", help="rebuild even if cached")
     k.set_defaults(fn=cmd_tiny)
