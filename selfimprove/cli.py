@@ -43,6 +43,8 @@ def cmd_eval(args) -> int:
     from selfimprove.evaluate import evaluate
     from selfimprove.trace import dump_jsonl
 
+    if not args.model:
+        raise UserError("eval needs a MODEL (argument, or 'model:' in --config)")
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.k < 1:
@@ -179,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="accuracy of a model or checkpoint on a task")
-    e.add_argument("model", help="'tiny', a checkpoint folder, or a Hugging Face model")
+    e.add_argument("model", nargs="?", help="'tiny', a checkpoint folder, or a Hugging Face model")
+    e.add_argument("--config", help="a YAML file of these options (recipes/eval/*.yaml)")
     e.add_argument("--data", default="arith", help="arith (its held-out split) or a jsonl/csv/parquet file")
     e.add_argument("--split", default="test")
     e.add_argument("--n", type=int, default=500, help="number of problems")
@@ -235,8 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """`selfimprove eval --config recipes/eval/X.yaml [flags]`: the YAML's keys are the eval flags'
+    defaults (dashes or underscores); flags given on the command line still win."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    import yaml
+
+    try:
+        raw = yaml.safe_load(open(args.config)) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read eval config {args.config}: {e}") from None
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    known = {a.dest for a in sub._actions}
+    values = {}
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known or dest in ("config", "fn"):
+            raise UserError(f"{args.config}: unknown key '{key}' (keys are the flags of 'selfimprove {args.command}')")
+        values[dest] = value
+    sub.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = _apply_config(parser, argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _quiet_libraries()
     try:
         return args.fn(args)

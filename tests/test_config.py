@@ -66,7 +66,7 @@ def test_value_checks(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml")
-                                        if "accelerate" not in p.parts))
+                                        if "accelerate" not in p.parts and "eval" not in p.parts))
 def test_every_recipe_loads_and_validates(path):
     from selfimprove.scoring import build_rewards
 
@@ -84,3 +84,11 @@ def test_accelerate_profiles_are_valid_accelerate_configs(path):
     assert cfg.distributed_type.value in ("MULTI_GPU", "DEEPSPEED")
     if "zero" in path:
         assert cfg.deepspeed_config["zero_stage"] == int(path.split("zero")[1][0])
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes/eval").glob("*.yaml")))
+def test_eval_configs_bind_to_the_eval_flags(path):
+    from selfimprove.cli import _apply_config, build_parser
+
+    args = _apply_config(build_parser(), ["eval", "--config", str(ROOT / path)])
+    assert args.model and args.turns == 2 and args.k >= 1 and args.reward == "math_correct"
