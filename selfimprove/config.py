@@ -25,6 +25,10 @@ class ModelConfig:
     path: str = "tiny"  # "tiny" = the embedded model (built and cached on first use), else an HF path/name
     dtype: str = "float32"  # float32 | bfloat16 | float16
     gradient_checkpointing: bool = False
+    lora_r: int = 0  # > 0: train LoRA adapters (PEFT); the reference policy is then the adapters-off model
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str = "all-linear"  # PEFT target_modules: "all-linear" or comma-separated module names
 
 
 @dataclass
@@ -254,6 +258,7 @@ def validate(recipe: Recipe) -> None:
         (recipe.log.keep_last >= 1, "log.keep_last must be >= 1"),
         (recipe.log.traces_every >= 0 and recipe.log.save_every >= 0, "log.traces_every and log.save_every must be >= 0"),
         (t.threads >= 0, "train.threads must be >= 0"),
+        (recipe.model.lora_r >= 0 and recipe.model.lora_alpha > 0, "model.lora_r must be >= 0 and model.lora_alpha > 0"),
         (t.max_seconds >= 0 and t.warmup_steps >= 0, "train.max_seconds and train.warmup_steps must be >= 0"),
         (bool(recipe.data.ops) and set(recipe.data.ops) <= set("+-*"), "data.ops must be a non-empty mix of + - *"),
         (1 <= recipe.data.min_operand <= recipe.data.max_operand, "data.min_operand must be >= 1 and <= data.max_operand"),

@@ -24,7 +24,8 @@ from selfimprove.data import encode_prompts, load_examples, require_answers
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluate import evaluate, make_traces
-from selfimprove.policy import context_length, frozen_copy, load_model, load_tokenizer, resolve_model_path
+from selfimprove.policy import (add_lora, context_length, frozen_copy, load_model, load_tokenizer,
+                                resolve_model_path)
 from selfimprove.runlog import RunLog, save_checkpoint
 from selfimprove.scoring import build_rewards, score
 from selfimprove.trace import dump_jsonl
@@ -124,16 +125,20 @@ def setup(recipe, log=print) -> State:
                             f"exceeds the model's context of {ctx_len} tokens")
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    ref_model = frozen_copy(model) if getattr(algo, "needs_reference", lambda c: False)(recipe.algorithm) else None
+    if recipe.model.lora_r:
+        model = add_lora(model, recipe.model)
+    needs_ref = getattr(algo, "needs_reference", lambda c: False)(recipe.algorithm)
+    # with LoRA the reference is the same model with its adapters switched off: no second copy
+    ref_model = (model if recipe.model.lora_r else frozen_copy(model)) if needs_ref else None
 
     t = recipe.train
     # the fused kernel: one pass over all parameters (5x faster than the per-tensor loop on CPU)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                   weight_decay=t.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
     # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
     model, optimizer = accelerator.prepare(model, optimizer)
-    if ref_model is not None:
+    if ref_model is not None and not recipe.model.lora_r:
         ref_model = ref_model.to(accelerator.device)
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
                          seed=recipe.seed * 1000 + accelerator.process_index)
@@ -166,11 +171,12 @@ def rollout(state: State, step: int):
 
 def reference_logprobs(state: State, traces) -> list[list[float]]:
     """Reference-model log-probs of the trainable tokens, stored per trace for collation."""
-    out = []
+    out, ref = [], state.ref_model
+    adapters_off = ref.disable_adapter if state.recipe.model.lora_r else nullcontext
     for chunk in micro_batches(traces, state.recipe.train.micro_batch_size):
         batch = collate(chunk, state.tokenizer.pad_token_id, device=state.accelerator.device)
-        with torch.no_grad():
-            out.extend(token_logprobs(state.ref_model, batch).cpu().tolist())
+        with torch.no_grad(), adapters_off():
+            out.extend(token_logprobs(ref, batch).cpu().tolist())
     return out
 
 

@@ -19,6 +19,10 @@ def resolve_model_path(path: str, log=print) -> str:
         from selfimprove.tiny import ensure_tiny
 
         return str(ensure_tiny(log=log))
+    if path == "tiny-correct":  # the tiny model also warm-started on two-turn correction episodes
+        from selfimprove.tiny import ensure_tiny_correct
+
+        return str(ensure_tiny_correct(log=log))
     p = Path(path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
@@ -64,3 +68,16 @@ def frozen_copy(model):
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+def add_lora(model, cfg):
+    """Wrap the model with LoRA adapters (PEFT); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    target = cfg.lora_target if cfg.lora_target == "all-linear" else [m.strip() for m in cfg.lora_target.split(",")]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=target, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # e.g. a target module name the model does not have
+        raise UserError(f"model.lora_target: {e}") from None

@@ -211,3 +211,89 @@ def ensure_tiny(log=print) -> Path:
         if not (path / "config.json").exists():
             build_tiny(path, log=log)
     return path
+
+
+# --------------------------------------------------------------------------- the correction variant
+
+
+def _wrong(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer: the right one off by a small amount."""
+    value = int(answer) + rng.choice([-1, 1]) * rng.choice([1, 2, 10, 1, 10, 3, 20, 9, 11])
+    return str(value)
+
+
+def correction_episodes(examples, rng: random.Random, p_first_right: float = 0.5, p_keep: float = 0.85,
+                        p_fix: float = 0.35):
+    """Two-turn Reask episodes whose second attempt behaves like a real model's: it usually keeps a
+    right first answer but sometimes breaks it, and fixes a wrong one only sometimes (else repeats it)."""
+    out = []
+    for ex in examples:
+        first = ex.answer if rng.random() < p_first_right else _wrong(ex.answer, rng)
+        if first == ex.answer:
+            second = ex.answer if rng.random() < p_keep else _wrong(ex.answer, rng)
+        else:
+            second = ex.answer if rng.random() < p_fix else first
+        q = ex.prompt[-1]["content"]
+        out.append(([{"role": "user", "content": q}, {"role": "assistant", "content": first},
+                     {"role": "user", "content": q}], second))
+    return out
+
+
+def build_tiny_correct(base: Path, out: Path, steps: int = 300, batch: int = 128, lr: float = 1e-3,
+                       seed: int = 0, log=print) -> Path:
+    """The tiny model plus supervised steps on a half/half mix of single-turn problems and two-turn
+    correction episodes (loss on the final answer only), for self-correction (SCoRe) experiments."""
+    from selfimprove.config import DataConfig
+    from selfimprove.data import arith_train
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(seed)
+        rng = random.Random(seed + 7)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        examples = arith_train(DataConfig(), steps * batch, seed=seed + 2)
+        episodes = correction_episodes(examples[: len(examples) // 2], rng)
+        texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in episodes]
+        texts += [tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True)
+                  for ex in examples[len(examples) // 2 :]]
+        answers = [a for _, a in episodes] + [ex.answer for ex in examples[len(examples) // 2 :]]
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        p_ids = tokenizer([texts[i] for i in order], add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer([answers[i] + tokenizer.eos_token for i in order], add_special_tokens=False)["input_ids"]
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+        model.train()
+        for step in range(steps):
+            sl = slice(step * batch, (step + 1) * batch)
+            ids, mask, labels = sft_batch(tokenizer, p_ids[sl], a_ids[sl])
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if (step + 1) % 100 == 0:
+                log(f"  correction warm-start step {step + 1}/{steps}  loss {loss.item():.3f}")
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def ensure_tiny_correct(log=print) -> Path:
+    from filelock import FileLock
+
+    base = ensure_tiny(log=log)
+    path = cache_root() / f"tiny-correct-v{TINY_VERSION}"
+    with FileLock(str(path) + ".lock"):
+        if not (path / "config.json").exists():
+            log(f"building the tiny correction model in {path}")
+            build_tiny_correct(base, path, log=log)
+    return path

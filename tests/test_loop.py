@@ -96,3 +96,24 @@ def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, mini_model):
     summary = run(recipe, log=lambda *a: None)
     after = load_model(summary["run_dir"] + "/checkpoints/step-000001")
     assert next(after.parameters()).dtype == torch.float32
+
+
+def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(tmp_path, mini_model):
+    from selfimprove import loop
+
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE.format(model=mini_model, algo="score", out=tmp_path / "runs"))
+    recipe = load_recipe(p, ["model.lora_r=4", "algorithm.stage1_steps=1", "algorithm.instruction=reask",
+                             "eval.before=false", "eval.after=false", "train.steps=2"])
+    state = loop.setup(recipe, log=lambda *a: None)
+    trainable = [n for n, q in state.model.named_parameters() if q.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert state.ref_model is state.accelerator.unwrap_model(state.model)  # no second copy
+    row, traces = loop.train_step(state, 0)
+    ref = loop.reference_logprobs(state, traces[:2])
+    with torch.no_grad():
+        base = load_model(mini_model)
+        from selfimprove.batch import token_logprobs
+        expect = token_logprobs(base, collate(traces[:2], state.tokenizer.pad_token_id))
+    assert torch.allclose(torch.tensor(ref), expect, atol=1e-5)  # the reference = the base model
+    assert "kl_turn1" in row
