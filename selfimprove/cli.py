@@ -123,11 +123,18 @@ def _load_for_generation(args):
     return examples, rewards, tokenizer, make_engine("hf", model, tokenizer, seed=args.seed)
 
 
+def _require(args, *names) -> None:
+    for name in names:
+        if not getattr(args, name, None):
+            raise UserError(f"selfimprove {args.command} needs {name} (an argument, or '{name}:' in --config)")
+
+
 def cmd_cct(args) -> int:
     from reward import RewardContext
     from selfimprove.cct import build_cct
     from selfimprove.engines import Sampling
 
+    _require(args, "model", "out")
     examples, rewards, tokenizer, engine = _load_for_generation(args)
     rows = build_cct(engine, tokenizer, examples, rewards, RewardContext(tokenizer, engine), args.rows,
                      args.keep_share, args.k, args.instruction, args.plain_share,
@@ -148,6 +155,7 @@ def cmd_sft(args) -> int:
     from selfimprove.data import _read_rows
     from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
 
+    _require(args, "model", "data", "out")
     rows = _read_rows(args.data, "train")
     for i, r in enumerate(rows, 1):
         if "prompt" not in r or "completion" not in r:
@@ -205,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--out", help="write the metrics as JSON here")
     mt.set_defaults(fn=cmd_metrics)
     c = sub.add_parser("cct", help="build confidence/critique (CCT) SFT data from the model's own first attempts")
-    c.add_argument("model")
+    c.add_argument("model", nargs="?")
+    c.add_argument("--config", help="a YAML file of these options (recipes/cct/*.yaml)")
     c.add_argument("--data", default="arith", help="arith (its training problems) or a jsonl/csv/parquet file")
     c.add_argument("--split", default="train")
     c.add_argument("--n", type=int, default=200, help="questions to sample first attempts for")
@@ -221,12 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, default=16)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=0)
-    c.add_argument("--out", required=True, help="output JSONL")
+    c.add_argument("--out", help="output JSONL (required)")
     c.set_defaults(fn=cmd_cct)
     f = sub.add_parser("sft", help="fine-tune on prompt-completion JSONL (CCT data) with TRL's SFTTrainer")
-    f.add_argument("model")
-    f.add_argument("data")
-    f.add_argument("--out", required=True, help="output model folder")
+    f.add_argument("model", nargs="?")
+    f.add_argument("data", nargs="?")
+    f.add_argument("--config", help="a YAML file of these options (recipes/cct/*.yaml)")
+    f.add_argument("--out", help="output model folder (required)")
     f.add_argument("--epochs", type=float, default=1.0)
     f.add_argument("--lr", type=float, default=5e-5)
     f.add_argument("--batch-size", type=int, default=16)

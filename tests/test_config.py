@@ -66,7 +66,7 @@ def test_value_checks(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml")
-                                        if "accelerate" not in p.parts and "eval" not in p.parts))
+                                        if not {"accelerate", "eval", "cct"} & set(p.parts)))
 def test_every_recipe_loads_and_validates(path):
     from selfimprove.scoring import build_rewards
 
@@ -92,3 +92,12 @@ def test_eval_configs_bind_to_the_eval_flags(path):
 
     args = _apply_config(build_parser(), ["eval", "--config", str(ROOT / path)])
     assert args.model and args.turns == 2 and args.k >= 1 and args.reward == "math_correct"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes/cct").glob("*.yaml")))
+def test_cct_configs_bind_to_their_command_flags(path):
+    from selfimprove.cli import _apply_config, build_parser
+
+    command = "sft" if path.endswith("_sft.yaml") else "cct"
+    args = _apply_config(build_parser(), [command, "--config", str(ROOT / path)])
+    assert args.model == "tiny" and args.out
