@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from reward.format import number_format, regex_format, think_format
+from reward.judge import self_judge
 from reward.math import exact_match, math_correct
 
 REWARDS: dict[str, Callable] = {
@@ -24,6 +25,7 @@ REWARDS: dict[str, Callable] = {
     "think_format": think_format,
     "regex_format": regex_format,
     "number_format": number_format,
+    "self_judge": self_judge,
 }
 
 

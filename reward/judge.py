@@ -50,3 +50,58 @@ def expected_score_from_logprobs(top_logprobs: dict[str, float]) -> float:
         if len(t) == 1 and t.isdigit():
             probs[int(t)] += math.exp(lp)
     return expected_score(probs)
+
+
+# --------------------------------------------------------------------------- self-judging
+
+# GEMBA-DA style, reference-free (the SSR default: the policy scores its own translation 0-100)
+GEMBA = ("Score the following translation on a continuous scale from 0 to 100, where a score of zero means "
+         "\"no meaning preserved\" and a score of one hundred means \"perfect meaning and grammar\". "
+         "Give 0 to a reply with irrelevant content or several alternative translations.\n\n"
+         "Source and instruction: \"{question}\"\nTranslation: \"{answer}\"\n"
+         "Think, then put the score in <answer></answer>.")
+# Self-J style single digit, reference-free
+DIGIT = ("Rate the answer from 0 to 9, where a higher value means a better answer. Reply with a single integer.\n"
+         "[Question] {question}\n[Answer] {answer}")
+TEMPLATES = {"gemba": (GEMBA, 0.0, 100.0), "digit": (DIGIT, 0.0, 9.0)}
+
+
+def judge_template(template: str) -> tuple[str, float, float]:
+    """A named template with its scale, or a user's template (scale from the caller)."""
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    if "{answer}" not in template:
+        from selfimprove.errors import UserError
+
+        raise UserError("self_judge: the judge template has no {answer} placeholder")
+    return template, 0.0, 100.0
+
+
+def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi: float | None = None,
+               fallback: float = 0.0, max_new_tokens: int = 64, normalize: bool = True) -> list[float]:
+    """The current policy judges its own completions through the same engine (one batched call).
+
+    Returns score / hi (when normalize) per trace; an unparsable reply gets `fallback` and is
+    flagged in trace.meta["judge.parse_failed"]. The judge's reply is kept in trace.meta["judge.text"]
+    and never trained on."""
+    from selfimprove.engines import Sampling
+
+    text, t_lo, t_hi = judge_template(template)
+    lo, hi = (t_lo if lo is None else lo), (t_hi if hi is None else hi)
+    tok = ctx.tokenizer
+    prompts = []
+    for tr in traces:
+        question = tr.prompt[-1]["content"] if tr.prompt else ""
+        msg = text.replace("{question}", question).replace("{answer}", tr.completion.text)
+        rendered = tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True)
+        prompts.append(tok(rendered, add_special_tokens=False)["input_ids"])
+    replies = ctx.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    out = []
+    for tr, group in zip(traces, replies):
+        reply = tok.decode(group[0].token_ids, skip_special_tokens=True)
+        value = parse_score(reply, lo, hi)
+        tr.meta["judge.text"] = reply
+        tr.meta["judge.parse_failed"] = value is None
+        score = fallback if value is None else value
+        out.append(score / hi if normalize and value is not None and hi else score)
+    return out

@@ -289,7 +289,8 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     gen_tokens = sum(len(t.token_ids) for tr in traces for t in tr.turns if t.trainable)
     local = {"reward": sum(tr.reward for tr in traces), "n": len(traces), "gen_tokens": gen_tokens,
              "loss": stats.pop("loss"),
-             "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces)}
+             "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces),
+             "judge_parse_failures": sum(bool(tr.meta.get("judge.parse_failed")) for tr in traces)}
     for r in state.rewards:
         vals = [tr.rewards[r.name] for tr in traces if tr.rewards.get(r.name) is not None]
         local[f"reward/{r.name}"] = sum(vals)
@@ -304,7 +305,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     row.update({
         "loss": tot["loss"], "grad_norm": stats.pop("grad_norm"), "lr": state.scheduler.get_last_lr()[0],
         "frac_all_equal": tot["frac_all_equal"] / acc.num_processes, "samples": int(tot["n"]),
-        "trained_samples": int(tot["n_train"]), "completion_len": tot["gen_tokens"] / max(tot["n"], 1),
+        "trained_samples": int(tot["n_train"]), "judge/parse_failures": int(tot["judge_parse_failures"]), "completion_len": tot["gen_tokens"] / max(tot["n"], 1),
         "time/generate": t1 - t0, "time/reward": t2 - t1, "time/logprob": t3 - t2, "time/update": t4 - t3,
         "time/weight_sync": t5 - t4, "time/step": step_s, "tokens_per_s": tot["gen_tokens"] / max(step_s, 1e-9),
     })
