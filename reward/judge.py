@@ -89,12 +89,13 @@ def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi
     text, t_lo, t_hi = judge_template(template)
     lo, hi = (t_lo if lo is None else lo), (t_hi if hi is None else hi)
     tok = ctx.tokenizer
-    prompts = []
+    rendered = []
     for tr in traces:
         question = tr.prompt[-1]["content"] if tr.prompt else ""
         msg = text.replace("{question}", question).replace("{answer}", tr.completion.text)
-        rendered = tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True)
-        prompts.append(tok(rendered, add_special_tokens=False)["input_ids"])
+        rendered.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
+                                                add_generation_prompt=True))
+    prompts = tok(rendered, add_special_tokens=False)["input_ids"]  # one batched tokenizer call
     replies = ctx.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
     out = []
     for tr, group in zip(traces, replies):

@@ -7,6 +7,13 @@ from collections import defaultdict
 import torch
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean", "dr-grpo", "constant")
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def choice_errors(cfg, choices: dict[str, tuple]) -> list[str]:
+    """One message per config field whose value is not among its allowed choices."""
+    return [f"algorithm.{key} must be one of {', '.join(map(str, allowed))}, got '{getattr(cfg, key)}'"
+            for key, allowed in choices.items() if getattr(cfg, key) not in allowed]
 
 
 def groups(traces) -> dict[str, list]:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from selfimprove.algorithms.common import LOSS_AGGREGATIONS, group_advantages, groups, kl_penalty
+from selfimprove.algorithms.common import (KL_ESTIMATORS, LOSS_AGGREGATIONS, choice_errors, group_advantages,
+                                           groups, kl_penalty)
 
 META_KEYS: tuple[str, ...] = ()
 
@@ -37,15 +38,8 @@ class Config:
 
 
 def check(cfg: Config) -> list[str]:
-    errs = []
-    if cfg.scale_rewards not in ("group", "batch", "none"):
-        errs.append(f"algorithm.scale_rewards must be group, batch or none, got '{cfg.scale_rewards}'")
-    if cfg.std not in ("sample", "population"):
-        errs.append(f"algorithm.std must be sample or population, got '{cfg.std}'")
-    if cfg.loss_agg not in LOSS_AGGREGATIONS:
-        errs.append(f"algorithm.loss_agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got '{cfg.loss_agg}'")
-    if cfg.kl_estimator not in ("k1", "k3"):
-        errs.append(f"algorithm.kl_estimator must be k1 or k3, got '{cfg.kl_estimator}'")
+    errs = choice_errors(cfg, {"scale_rewards": ("group", "batch", "none"), "std": ("sample", "population"),
+                               "loss_agg": LOSS_AGGREGATIONS, "kl_estimator": KL_ESTIMATORS})
     if cfg.kl_coef < 0 or cfg.clip_low < 0 or cfg.clip_high < 0:
         errs.append("algorithm.kl_coef, clip_low and clip_high must be >= 0")
     return errs

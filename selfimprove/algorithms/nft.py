@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfimprove.algorithms.common import clamp_preserve_grad, groups
+from selfimprove.algorithms.common import choice_errors, clamp_preserve_grad, groups
 
 META_KEYS = ("nft.correct", "nft.correct_rate")
 
@@ -42,11 +42,7 @@ class Config:
 
 
 def check(cfg: Config) -> list[str]:
-    errs = []
-    if cfg.omega not in ("1-r", "sqrt", "1"):
-        errs.append(f"algorithm.omega must be '1-r', 'sqrt' or '1', got '{cfg.omega}'")
-    if cfg.loss_agg not in ("token-mean", "constant", "seq-mean"):
-        errs.append(f"algorithm.loss_agg must be token-mean, seq-mean or constant, got '{cfg.loss_agg}'")
+    errs = choice_errors(cfg, {"omega": ("1-r", "sqrt", "1"), "loss_agg": ("token-mean", "seq-mean", "constant")})
     if not 0 < cfg.rhat_min <= cfg.rhat_max < 1:
         errs.append("algorithm.rhat_min/rhat_max must satisfy 0 < min <= max < 1")
     if cfg.epsilon <= 0:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfimprove.algorithms.common import LOSS_AGGREGATIONS, groups, kl_penalty
+from selfimprove.algorithms.common import KL_ESTIMATORS, LOSS_AGGREGATIONS, choice_errors, groups, kl_penalty
 from selfimprove.multiturn import add_second_attempt
 
 META_KEYS = ("score.kl1", "score.kl2")
@@ -44,13 +44,8 @@ class Config:
 
 
 def check(cfg: Config) -> list[str]:
-    errs = []
-    if cfg.baseline not in ("none", "group", "normalize"):
-        errs.append(f"algorithm.baseline must be none, group or normalize, got '{cfg.baseline}'")
-    if cfg.kl_estimator not in ("k1", "k3"):
-        errs.append(f"algorithm.kl_estimator must be k1 or k3, got '{cfg.kl_estimator}'")
-    if cfg.loss_agg not in LOSS_AGGREGATIONS:
-        errs.append(f"algorithm.loss_agg must be one of {', '.join(LOSS_AGGREGATIONS)}")
+    errs = choice_errors(cfg, {"baseline": ("none", "group", "normalize"), "kl_estimator": KL_ESTIMATORS,
+                               "loss_agg": LOSS_AGGREGATIONS})
     if min(cfg.beta1, cfg.beta2, cfg.stage1_turn2_kl, cfg.stage1_steps) < 0:
         errs.append("algorithm.beta1, beta2, stage1_turn2_kl and stage1_steps must be >= 0")
     return errs
