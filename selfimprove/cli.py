@@ -30,8 +30,12 @@ def cmd_train(args) -> int:
     from selfimprove.config import load_recipe
     from selfimprove.loop import run
 
+    from selfimprove.algorithms import get_algorithm
+
     recipe = load_recipe(args.recipe, args.overrides)
-    summary = run(recipe)
+    # offline trainers (judge and reward-model training) own their loop; RL methods share loop.run
+    trainer = getattr(get_algorithm(recipe.algorithm.name), "train", None)
+    summary = trainer(recipe) if trainer is not None else run(recipe)
     if "run_dir" in summary:
         print(f"run folder: {summary['run_dir']}")
     return 0

@@ -6,6 +6,8 @@ errors), `prepare(traces, cfg) -> traces` (advantages, labels, filtering), `loss
 optionally `needs_reference(cfg)`, `zero_loss(trace, cfg)` (the trace's gradient is exactly
 zero: skipped) and `extend(traces, engine, tokenizer, sampling, cfg)` (add turns to scored episodes;
 the loop scores them again). `loop.run` drives them; no Trainer class hierarchy.
+A module that is not on-policy RL (judge or reward-model training) instead defines
+`train(recipe, log=print) -> summary dict`; `selfimprove train` calls it in place of `loop.run`.
 A module outside the package is named by its import path: `algorithm: {name: mylab.algos.foo}`.
 """
 
