@@ -17,7 +17,10 @@ from typing import Any, Callable
 
 from reward.format import number_format, regex_format, think_format
 from reward.judge import self_judge
+from reward.judge_model import judge_model
 from reward.math import exact_match, math_correct
+from reward.reward_model import reward_model
+from reward.translation import chrf, comet_kiwi
 
 REWARDS: dict[str, Callable] = {
     "math_correct": math_correct,
@@ -26,6 +29,10 @@ REWARDS: dict[str, Callable] = {
     "regex_format": regex_format,
     "number_format": number_format,
     "self_judge": self_judge,
+    "judge_model": judge_model,
+    "reward_model": reward_model,
+    "chrf": chrf,
+    "comet_kiwi": comet_kiwi,
 }
 
 

@@ -78,31 +78,43 @@ def judge_template(template: str) -> tuple[str, float, float]:
 
 
 def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi: float | None = None,
-               fallback: float = 0.0, max_new_tokens: int = 64, normalize: bool = True) -> list[float]:
+               fallback: float = 0.0, max_new_tokens: int = 64, normalize: bool = True,
+               extract: str = "none", only_if: str | None = None) -> list[float | None]:
     """The current policy judges its own completions through the same engine (one batched call).
 
     Returns score / hi (when normalize) per trace; an unparsable reply gets `fallback` and is
     flagged in trace.meta["judge.parse_failed"]. The judge's reply is kept in trace.meta["judge.text"]
-    and never trained on."""
+    and never trained on. `extract="answer"` shows the judge only the <answer> part of an R1-style
+    reply; `only_if` names an earlier reward (e.g. the format check) that must be >= 1 for a trace to
+    be judged: the others get None (not judged, no judge call spent on them)."""
+    from reward.translation import answer_text
     from selfimprove.engines import Sampling
 
     text, t_lo, t_hi = judge_template(template)
     lo, hi = (t_lo if lo is None else lo), (t_hi if hi is None else hi)
     tok = ctx.tokenizer
-    rendered = []
-    for tr in traces:
+    todo, rendered = [], []
+    for i, tr in enumerate(traces):
+        answer = answer_text(tr.completion.text, extract)
+        gate = tr.rewards.get(only_if) if only_if else 1.0
+        if answer is None or gate is None or gate < 1.0:
+            continue
         question = tr.prompt[-1]["content"] if tr.prompt else ""
-        msg = text.replace("{question}", question).replace("{answer}", tr.completion.text)
+        msg = text.replace("{question}", question).replace("{answer}", answer)
         rendered.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
                                                 add_generation_prompt=True))
+        todo.append(i)
+    out: list[float | None] = [None] * len(traces)
+    if not todo:
+        return out
     prompts = tok(rendered, add_special_tokens=False)["input_ids"]  # one batched tokenizer call
     replies = ctx.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
-    out = []
-    for tr, group in zip(traces, replies):
+    for i, group in zip(todo, replies):
+        tr = traces[i]
         reply = tok.decode(group[0].token_ids, skip_special_tokens=True)
         value = parse_score(reply, lo, hi)
         tr.meta["judge.text"] = reply
         tr.meta["judge.parse_failed"] = value is None
         score = fallback if value is None else value
-        out.append(score / hi if normalize and value is not None and hi else score)
+        out[i] = score / hi if normalize and value is not None and hi else score
     return out

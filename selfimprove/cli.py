@@ -177,6 +177,67 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def _read_judge_rows(path: str, fields: list[str]) -> list[dict]:
+    """JSONL rows of `selfimprove judge`; a bad line or a missing field names the file, row and field."""
+    if not os.path.isfile(path):
+        raise UserError(f"judge: input file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"judge: {path} row {i} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"judge: {path} row {i} is not a JSON object")
+            for field in fields:
+                if not isinstance(row.get(field), str):
+                    raise UserError(f"judge: {path} row {i} has no '{field}' field (a string)")
+            rows.append(row)
+    return rows
+
+
+def cmd_judge(args) -> int:
+    """Self-J scores of (question, answer[, reference]) rows with a trained judge (one forward pass each)."""
+    import torch
+
+    from selfimprove import selfj as sj
+    from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+
+    rows = _read_judge_rows(args.input, [args.question_column, args.answer_column])
+    args.template = args.template or sj.STUDENT_TEMPLATE
+    args.reference_template = args.reference_template or sj.TEACHER_TEMPLATE
+    for key, tpl, ref in (("--template", args.template, False), ("--reference-template", args.reference_template, True)):
+        errs = sj.template_errors(tpl, ref, key)
+        if errs:
+            raise UserError(f"judge: {errs[0]}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = resolve_model_path(args.model)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    # a row with a (non-empty) reference is scored in the with-reference view, the others reference-free
+    has_ref = [bool(r.get(args.reference_column)) for r in rows]
+    for view, template in ((True, args.reference_template), (False, args.template)):
+        idx = [i for i, h in enumerate(has_ref) if h == view]
+        refs = [rows[i][args.reference_column] for i in idx] if view else None
+        scores = sj.judge_scores(model, tokenizer, [rows[i][args.question_column] for i in idx],
+                                 [rows[i][args.answer_column] for i in idx], refs, template, args.batch_size)
+        for i, (score, probs) in zip(idx, scores):
+            rows[i].update({"score": score, "probs": probs, "view": "with_reference" if view else "without"})
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    if not args.out:
+        sys.stdout.writelines(lines)
+        return 0
+    with open(args.out + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(args.out + ".tmp", args.out)
+    mean = sum(r["score"] for r in rows) / max(len(rows), 1)
+    print(f"wrote {len(rows)} scored rows to {args.out} (mean score {mean:.2f} of 9)")
+    return 0
+
+
 def cmd_tiny(args) -> int:
     from selfimprove.tiny import build_tiny, ensure_tiny, tiny_path
 
@@ -246,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(fn=cmd_sft)
+    j = sub.add_parser("judge", help="score (question, answer[, reference]) JSONL rows with a Self-J judge")
+    j.add_argument("model", help="a trained judge folder (a selfj run's judge/) or any causal LM")
+    j.add_argument("input", help="JSONL rows with question and answer (and optionally reference) fields")
+    j.add_argument("--out", help="write the scored rows here (default: stdout)")
+    j.add_argument("--question-column", default="question")
+    j.add_argument("--answer-column", default="answer")
+    j.add_argument("--reference-column", default="reference")
+    j.add_argument("--template", help="reference-free view with {question} {answer} (default: the Self-J recipe's)")
+    j.add_argument("--reference-template", help="with-reference view with {question} {answer} {reference}")
+    j.add_argument("--batch-size", type=int, default=64)
+    j.add_argument("--threads", type=int, default=0)
+    j.set_defaults(fn=cmd_judge)
     k = sub.add_parser("tiny", help="build (or locate) the embedded tiny model")
     k.add_argument("--force", action="store_true", help="rebuild even if cached")
     k.set_defaults(fn=cmd_tiny)

@@ -39,6 +39,8 @@ class DataConfig:
     train_split: str = "train"  # split name for hf: / saved datasets
     eval_split: str = "test"
     prompt_column: str = "prompt"
+    prompt_template: str | None = None  # e.g. "Translate the following text to {target_language}: \n{source}":
+    #                                     the user message is built from the row's columns (prompt_column unused)
     answer_column: str | None = "answer"  # null: prompts without reference answers
     system_prompt: str | None = None
     max_prompt_tokens: int = 512  # a longer prompt is an error, not a silent truncation

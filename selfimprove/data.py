@@ -14,7 +14,7 @@ from pathlib import Path
 
 from selfimprove.errors import UserError
 
-SYNTHETIC_TASKS = ("arith",)
+SYNTHETIC_TASKS = ("arith", "translate")  # translate: the toy language pair (toy_mt.py)
 
 
 @dataclass
@@ -77,6 +77,26 @@ def arith_train(cfg, n: int, seed: int) -> list[Example]:
     return out
 
 
+# --------------------------------------------------------------------------- toy translation
+
+
+def translate_examples(cfg, split: str, n: int = 0, seed: int = 0) -> list[Example]:
+    """The toy language pair: training prompts have no reference (monolingual sources, as in SSR);
+    the fixed held-out split (n_heldout sentences, heldout_seed) keeps references for evaluation."""
+    from selfimprove import toy_mt
+
+    heldout = toy_mt.heldout_sources(cfg.n_heldout, cfg.heldout_seed)
+    sources = heldout if split == "heldout" else toy_mt.train_sources(n, seed, set(heldout))
+
+    def example(i: int, src: str) -> Example:
+        msgs = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+            {"role": "user", "content": toy_mt.PROMPT.format(source=src)}]
+        ref = toy_mt.translate(src) if split == "heldout" else None
+        return Example(id=f"translate-{split}-{i}", prompt=msgs, answer=ref, task="translate")
+
+    return [example(i, s) for i, s in enumerate(sources)]
+
+
 # --------------------------------------------------------------------------- files and datasets
 
 
@@ -129,6 +149,8 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
         raise UserError(f"data: {source} is empty")
     out = []
     for i, row in enumerate(rows):
+        if cfg.prompt_template:
+            row = {**row, cfg.prompt_column: _fill_template(cfg.prompt_template, row, source, i)}
         if cfg.prompt_column not in row:
             raise UserError(
                 f"data: {source} row {i + 1} has no prompt column '{cfg.prompt_column}' "
@@ -154,6 +176,16 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
     return out
 
 
+def _fill_template(template: str, row: dict, source: str, i: int) -> str:
+    try:
+        return template.format(**row)
+    except KeyError as e:
+        raise UserError(f"data: {source} row {i + 1} has no column {e} used by data.prompt_template "
+                        f"(columns: {', '.join(map(str, row))})") from None
+    except (IndexError, ValueError) as e:
+        raise UserError(f"data.prompt_template is not a valid format string: {e}") from None
+
+
 def require_answers(examples: list[Example], source: str, column: str) -> None:
     for i, ex in enumerate(examples):
         if ex.answer is None:
@@ -166,6 +198,9 @@ def load_examples(source: str, cfg, split: str, n_train: int = 0, seed: int = 0)
         return arith_train(cfg, n_train, seed) if split == "train" else arith_heldout(cfg)
     if source == "arith:heldout":
         return arith_heldout(cfg)
+    if source in ("translate", "translate:heldout"):
+        return translate_examples(cfg, "train" if source == "translate" and split == "train" else "heldout",
+                                  n_train, seed)
     return rows_to_examples(_read_rows(source, split), source, cfg)
 
 

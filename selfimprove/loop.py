@@ -20,7 +20,7 @@ from reward import RewardContext
 from selfimprove.algorithms import get_algorithm
 from selfimprove.algorithms.common import aggregate, frac_all_equal
 from selfimprove.batch import collate, micro_batches, token_logprobs
-from selfimprove.data import encode_prompts, load_examples, require_answers
+from selfimprove.data import SYNTHETIC_TASKS, encode_prompts, load_examples, require_answers
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluate import evaluate, make_traces
@@ -49,6 +49,7 @@ class State:
     step: int = 0
     history: list = field(default_factory=list)
     eval_traces: dict = field(default_factory=dict)
+    eval_means: dict = field(default_factory=dict)  # tag -> {reward name: mean on the eval set}
 
 
 MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
@@ -104,7 +105,7 @@ def setup(recipe, log=print) -> State:
     train_examples = load_examples(d.train, d, d.train_split, n_train=n_train, seed=recipe.seed)
     eval_examples = []
     if recipe.eval.before or recipe.eval.after or recipe.eval.every:
-        eval_src = d.eval or (d.train if d.train == "arith" else None)
+        eval_src = d.eval or (d.train if d.train in SYNTHETIC_TASKS else None)
         if eval_src is None:
             raise UserError("eval is on but data.eval is not set (a held-out file or dataset)")
         eval_examples = load_examples(eval_src, d, d.eval_split)[: recipe.eval.n]
@@ -115,7 +116,7 @@ def setup(recipe, log=print) -> State:
     model = load_model(path, "float32")  # master weights; model.dtype sets the autocast precision
     ctx_len = context_length(model)
     # synthetic tasks are uniform: a sample of prompts stands for all; user data is checked whole
-    sample = train_examples[:2000] if d.train == "arith" else train_examples
+    sample = train_examples[:2000] if d.train in SYNTHETIC_TASKS else train_examples
     for examples, new, key in ((sample, recipe.generation.max_new_tokens, "generation"),
                                (eval_examples, recipe.eval.max_new_tokens, "eval")):
         ids = encode_prompts(tokenizer, examples, d.max_prompt_tokens)
@@ -246,6 +247,12 @@ def run_eval(state: State, tag: str) -> float:
     state.eval_traces[tag] = traces  # the main process writes its shard with the run folder
     correct = round(accuracy * len(shard))
     totals = acc.reduce(torch.tensor([correct, len(shard)], dtype=torch.int64, device=acc.device), "sum").tolist()
+    # the mean of every reward too (chrF, a judge's score, ...), over the traces it applies to
+    sums = [float(sum(v for tr in traces if (v := tr.rewards.get(r.name)) is not None)) for r in state.rewards]
+    counts = [float(sum(tr.rewards.get(r.name) is not None for tr in traces)) for r in state.rewards]
+    red = acc.reduce(torch.tensor(sums + counts, dtype=torch.float64, device=acc.device), "sum").tolist()
+    k = len(state.rewards)
+    state.eval_means[tag] = {r.name: round(red[i] / red[k + i], 6) for i, r in enumerate(state.rewards) if red[k + i]}
     return totals[0] / max(totals[1], 1)
 
 
@@ -361,6 +368,9 @@ def run(recipe, log=print) -> dict:
             log(f"held-out accuracy after training:  {summary['accuracy_after']:.1%} (n={len(state.eval_examples)})")
     if evals:
         summary["n_eval"] = len(state.eval_examples)
+    for tag in ("before", "after"):
+        if tag in state.eval_means:
+            summary[f"eval_rewards_{tag}"] = state.eval_means[tag]
     if acc.num_processes > 1:
         summary["processes"] = acc.num_processes
         summary["ranks_weights_identical"] = _weights_identical(state)

@@ -19,10 +19,11 @@ def resolve_model_path(path: str, log=print) -> str:
         from selfimprove.tiny import ensure_tiny
 
         return str(ensure_tiny(log=log))
-    if path == "tiny-correct":  # the tiny model also warm-started on two-turn correction episodes
-        from selfimprove.tiny import ensure_tiny_correct
+    # variants: + two-turn correction episodes (SCoRe), + the toy translation task and judging it (SSR)
+    if path in ("tiny-correct", "tiny-translate"):
+        from selfimprove.tiny import ensure_variant
 
-        return str(ensure_tiny_correct(log=log))
+        return str(ensure_variant(path, log=log))
     p = Path(path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():

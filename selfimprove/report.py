@@ -12,7 +12,10 @@ def summary_table(summary: dict, title: str = "selfimprove run summary") -> str:
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in summary.items():
+    flat = {}
+    for key, value in summary.items():  # nested blocks (eval_rewards_after: {chrf: ...}) one row each
+        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+    for key, value in flat.items():
         if isinstance(value, float):
             percent = key.startswith(("accuracy", "acc_", "delta", "pass_at")) or key in ("cl", "cs")
             text = f"{value:.1%}" if percent else f"{value:.4g}"

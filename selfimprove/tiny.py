@@ -264,36 +264,100 @@ def build_tiny_correct(base: Path, out: Path, steps: int = 300, batch: int = 128
         rng.shuffle(order)
         p_ids = tokenizer([texts[i] for i in order], add_special_tokens=False)["input_ids"]
         a_ids = tokenizer([answers[i] + tokenizer.eos_token for i in order], add_special_tokens=False)["input_ids"]
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-        model.train()
-        for step in range(steps):
-            sl = slice(step * batch, (step + 1) * batch)
-            ids, mask, labels = sft_batch(tokenizer, p_ids[sl], a_ids[sl])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if (step + 1) % 100 == 0:
-                log(f"  correction warm-start step {step + 1}/{steps}  loss {loss.item():.3f}")
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        sft_steps(model, tokenizer, p_ids, a_ids, steps, batch, lr, log, "correction warm-start")
+        save_atomic(model, tokenizer, out)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
+def sft_steps(model, tokenizer, p_ids, a_ids, steps: int, batch: int, lr: float, log, what: str) -> None:
+    """Plain supervised steps (AdamW, beta2 0.98, clip 1) over consecutive slices of the data."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        sl = slice(step * batch, (step + 1) * batch)
+        ids, mask, labels = sft_batch(tokenizer, p_ids[sl], a_ids[sl])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            log(f"  {what} step {step + 1}/{steps}  loss {loss.item():.3f}")
+
+
+def save_atomic(model, tokenizer, out: Path) -> None:
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
 def ensure_tiny_correct(log=print) -> Path:
+    return ensure_variant("tiny-correct", log=log)
+
+
+# --------------------------------------------------------------------------- the translation variant
+
+
+def translation_sft_data(n: int, seed: int, heldout: set[str]):
+    """Half noisy-corpus translations (false friends win 60%), half ratings of candidates against
+    the true lexicon (toy_mt.py explains why): (prompt text, target text) pairs."""
+    from selfimprove import toy_mt
+
+    rng = random.Random(seed)
+    sources = toy_mt.train_sources(n, seed, heldout)
+    out = []
+    for i, src in enumerate(sources):
+        question = toy_mt.PROMPT.format(source=src)
+        if i % 2 == 0:
+            out.append((question, toy_mt.noisy_translation(src, rng)))
+        else:
+            cand = toy_mt.judge_candidate(src, rng)
+            prompt = toy_mt.JUDGE_TEMPLATE.replace("{question}", question).replace("{answer}", cand)
+            out.append((prompt, toy_mt.judge_digit(src, cand)))
+    return out
+
+
+def build_tiny_translate(base: Path, out: Path, steps: int = 800, batch: int = 128, lr: float = 2e-3,
+                         seed: int = 0, log=print) -> Path:
+    """The tiny model plus supervised steps on the toy translation task and on judging it (SSR)."""
+    from selfimprove import toy_mt
+    from selfimprove.config import DataConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(seed)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        d = DataConfig()
+        pairs = translation_sft_data(steps * batch, seed + 3, set(toy_mt.heldout_sources(d.n_heldout, d.heldout_seed)))
+        mark = "\x00"
+        prefix, suffix = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                                       add_generation_prompt=True).split(mark)
+        p_ids = tokenizer([prefix + p + suffix for p, _ in pairs], add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer([t + tokenizer.eos_token for _, t in pairs], add_special_tokens=False)["input_ids"]
+        sft_steps(model, tokenizer, p_ids, a_ids, steps, batch, lr, log, "translation warm-start")
+        save_atomic(model, tokenizer, out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def ensure_variant(name: str, log=print) -> Path:
+    """A cached variant of the tiny model (tiny-correct, tiny-translate), built on first use."""
     from filelock import FileLock
 
+    builders = {"tiny-correct": build_tiny_correct, "tiny-translate": build_tiny_translate}
     base = ensure_tiny(log=log)
-    path = cache_root() / f"tiny-correct-v{TINY_VERSION}"
+    path = cache_root() / f"{name}-v{TINY_VERSION}"
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").exists():
-            log(f"building the tiny correction model in {path}")
-            build_tiny_correct(base, path, log=log)
+            log(f"building the {name} model in {path}")
+            builders[name](base, path, log=log)
     return path

@@ -71,7 +71,7 @@ def test_every_recipe_loads_and_validates(path):
     from selfimprove.scoring import build_rewards
 
     r = load_recipe(ROOT / path)
-    assert r.algorithm.name in ("nft", "grpo", "rft", "score")
+    assert r.algorithm.name in ("nft", "grpo", "rft", "score", "reward_model", "selfj", "ssr")
     assert build_rewards(r.rewards)  # every reward name resolves
 
 

@@ -84,3 +84,34 @@ def test_chat_template_prompts(mini_model):
     assert tok.decode(ids[0]) == f"<|user|>{ex[0].prompt[0]['content']}<|end|><|assistant|>"
     with pytest.raises(UserError, match="more than data.max_prompt_tokens=3"):
         encode_prompts(tok, ex, 3)
+
+
+def test_toy_translation_task_has_no_training_references_and_fixed_heldout():
+    from selfimprove import toy_mt
+
+    cfg = DataConfig(train="translate")
+    train = load_examples("translate", cfg, "train", n_train=200, seed=0)
+    held = load_examples("translate", cfg, "test")
+    assert len(train) == 200 and all(ex.answer is None and ex.task == "translate" for ex in train)
+    assert len(held) == 500 and len({ex.prompt[-1]["content"] for ex in held}) == 500
+    assert held[0].prompt == load_examples("translate", cfg, "test")[0].prompt  # fixed by heldout_seed
+    assert not {ex.prompt[-1]["content"] for ex in train} & {ex.prompt[-1]["content"] for ex in held}
+    src = held[0].prompt[-1]["content"].removeprefix("translate: ")
+    assert held[0].answer == toy_mt.translate(src)
+    assert toy_mt.translate("the good is no") == "the=ka good=bo is=zo no=do"
+    assert toy_mt.quality("the good is no", "the=ka good=su is=zo no=do") == 0.75
+    assert toy_mt.quality("the good", "the=ka good=bo a=mi") == pytest.approx(2 / 3)  # an extra pair counts against it
+    assert toy_mt.judge_digit("the good is no", "the=ka good=su is=zo no=do") == "7"  # round(6.75)
+
+
+def test_prompt_template_builds_prompts_from_columns(tmp_path):
+    path = tmp_path / "mono.jsonl"
+    path.write_text(json.dumps({"source": "hello", "target_language": "Chinese"}) + "\n"
+                    + json.dumps({"source": "bye"}) + "\n")
+    cfg = DataConfig(prompt_template="Translate the following text to {target_language}: \n{source}", answer_column=None)
+    with pytest.raises(UserError, match=r"row 2 has no column 'target_language' used by data.prompt_template"):
+        load_examples(str(path), cfg, "train")
+    path.write_text(json.dumps({"source": "hello", "target_language": "Chinese"}) + "\n")
+    (ex,) = load_examples(str(path), cfg, "train")
+    assert ex.prompt == [{"role": "user", "content": "Translate the following text to Chinese: \nhello"}]
+    assert ex.answer is None

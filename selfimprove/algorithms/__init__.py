@@ -24,6 +24,9 @@ ALGORITHMS = {
     "grpo": "selfimprove.algorithms.grpo",
     "rft": "selfimprove.algorithms.rft",
     "score": "selfimprove.algorithms.score",
+    "selfj": "selfimprove.algorithms.selfj",
+    "reward_model": "selfimprove.algorithms.reward_model",
+    "ssr": "selfimprove.algorithms.ssr",
 }
 
 

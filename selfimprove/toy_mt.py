@@ -1,0 +1,114 @@
+"""The tiny world's toy translation task: a small synthetic language pair for SSR on CPU.
+
+Source sentences are 2-4 English words from a 12-word vocabulary; the toy language translates word
+by word through a fixed lexicon (`LEXICON`), keeping the order, and the translation is written as
+an interlinear gloss, each source word followed by its translation ("the=ka good=bo"). The gloss
+keeps every source-target pair next to each other, so a 4-layer model can learn to check a pair
+locally. Training prompts carry **no**
+reference (SSR learns from monolingual sources, algorithms.md section 3.1); the fixed held-out split
+keeps its references for evaluation only (exact match, chrF).
+
+Why the tiny model can improve from its own judgements here: its warm-start (`tiny.build_tiny_translate`)
+reads a *noisy* parallel corpus in which four "false friend" words are mistranslated most of the
+time, so its greedy translation of those words is wrong; the same warm-start also teaches it to
+rate translations 0-9 against the true lexicon. A model that judges better than it translates is
+the premise of self-rewarding RL (SSR's self-judge beats its own first attempts); this task makes
+that premise true in a 1M-parameter model, and the held-out references measure whether SSR used it.
+"""
+
+from __future__ import annotations
+
+import random
+
+from selfimprove.errors import UserError
+
+SOURCE_WORDS = "the a is it to of in on good bad yes no".split()
+TARGET_WORDS = "ka mi zo lu pe ri ta ne bo su fi do".split()
+LEXICON = dict(zip(SOURCE_WORDS, TARGET_WORDS))
+# the noisy corpus's systematic errors: these source words get the wrong target word most of the time
+FALSE_FRIENDS = {"good": "su", "is": "ri", "no": "ka", "of": "fi"}
+PROMPT = "translate: {source}"
+# the tiny self-judge's prompt (short: the tiny model has 256 positions; the gloss carries the source
+# words, so the question is left out); the reply is one digit 0-9
+JUDGE_TEMPLATE = "rate 0 to 9: {answer}"
+FORMAT = r"[a-z]+=[a-z]+( [a-z]+=[a-z]+)*"  # a well-formed gloss
+MIN_WORDS, MAX_WORDS = 2, 4
+
+
+def gloss(source_words, target_words) -> str:
+    return " ".join(f"{s}={t}" for s, t in zip(source_words, target_words))
+
+
+def translate(source: str) -> str:
+    """The reference translation of a source sentence (word by word through the lexicon, as a gloss)."""
+    return gloss(source.split(), [LEXICON[w] for w in source.split()])
+
+
+def quality(source: str, hypothesis: str) -> float:
+    """Share of positions glossed right, over the longer of reference and hypothesis (0..1)."""
+    ref, hyp = translate(source).split(), hypothesis.split()
+    right = sum(r == h for r, h in zip(ref, hyp))
+    return right / max(len(ref), len(hyp), 1)
+
+
+def judge_digit(source: str, hypothesis: str) -> str:
+    """The rating the judge is taught: quality on a 0-9 scale."""
+    return str(round(9 * quality(source, hypothesis)))
+
+
+def random_source(rng: random.Random) -> str:
+    return " ".join(rng.choice(SOURCE_WORDS) for _ in range(rng.randint(MIN_WORDS, MAX_WORDS)))
+
+
+def heldout_sources(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    seen: list[str] = []
+    known: set[str] = set()
+    for _ in range(n * 50):
+        if len(seen) == n:
+            return seen
+        s = random_source(rng)
+        if s not in known:
+            known.add(s)
+            seen.append(s)
+    raise UserError(f"data: the toy translation task has too few sentences for n_heldout={n}")
+
+
+def train_sources(n: int, seed: int, heldout: set[str]) -> list[str]:
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        s = random_source(rng)
+        if s not in heldout:
+            out.append(s)
+    return out
+
+
+def noisy_translation(source: str, rng: random.Random, p_false: float = 0.6, p_random: float = 0.05) -> str:
+    """A corpus translation: false friends win with p_false, any word is random with p_random."""
+    words = []
+    for w in source.split():
+        t = LEXICON[w]
+        if w in FALSE_FRIENDS and rng.random() < p_false:
+            t = FALSE_FRIENDS[w]
+        elif rng.random() < p_random:
+            t = rng.choice(TARGET_WORDS)
+        words.append(t)
+    return gloss(source.split(), words)
+
+
+def judge_candidate(source: str, rng: random.Random) -> str:
+    """A candidate for the judge to rate: right, corpus-noisy, randomly corrupted, or of a wrong length."""
+    kind = rng.random()
+    if kind < 0.25:
+        return translate(source)
+    if kind < 0.55:
+        return noisy_translation(source, rng, p_false=0.7, p_random=0.1)
+    src = source.split()
+    words = [rng.choice(TARGET_WORDS) if rng.random() < 0.4 else LEXICON[w] for w in src]
+    if kind > 0.9:  # a dropped or an invented pair
+        if len(src) > 1 and rng.random() < 0.5:
+            src, words = src[:-1], words[:-1]
+        else:
+            src, words = src + [rng.choice(SOURCE_WORDS)], words + [rng.choice(TARGET_WORDS)]
+    return gloss(src, words)
