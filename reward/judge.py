@@ -79,42 +79,52 @@ def judge_template(template: str) -> tuple[str, float, float]:
 
 def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi: float | None = None,
                fallback: float = 0.0, max_new_tokens: int = 64, normalize: bool = True,
-               extract: str = "none", only_if: str | None = None) -> list[float | None]:
+               extract: str = "none", only_if: str | None = None,
+               segments: str | None = None) -> list[float | None]:
     """The current policy judges its own completions through the same engine (one batched call).
 
     Returns score / hi (when normalize) per trace; an unparsable reply gets `fallback` and is
     flagged in trace.meta["judge.parse_failed"]. The judge's reply is kept in trace.meta["judge.text"]
     and never trained on. `extract="answer"` shows the judge only the <answer> part of an R1-style
     reply; `only_if` names an earlier reward (e.g. the format check) that must be >= 1 for a trace to
-    be judged: the others get None (not judged, no judge call spent on them)."""
+    be judged: the others get None (not judged, no judge call spent on them). `segments` (a regex)
+    splits the answer and judges each segment on its own; the trace's score is their mean (segment-
+    level judging, as document-level quality estimation averages sentence scores)."""
+    import re
+
     from reward.translation import answer_text
     from selfimprove.engines import Sampling
 
     text, t_lo, t_hi = judge_template(template)
     lo, hi = (t_lo if lo is None else lo), (t_hi if hi is None else hi)
     tok = ctx.tokenizer
-    todo, rendered = [], []
+    owner, rendered = [], []  # owner[k]: the trace index of judge prompt k
     for i, tr in enumerate(traces):
         answer = answer_text(tr.completion.text, extract)
         gate = tr.rewards.get(only_if) if only_if else 1.0
         if answer is None or gate is None or gate < 1.0:
             continue
         question = tr.prompt[-1]["content"] if tr.prompt else ""
-        msg = text.replace("{question}", question).replace("{answer}", answer)
-        rendered.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
-                                                add_generation_prompt=True))
-        todo.append(i)
+        parts = [p for p in re.split(segments, answer) if p.strip()] if segments else [answer]
+        for part in parts or [answer]:
+            msg = text.replace("{question}", question).replace("{answer}", part)
+            rendered.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
+                                                    add_generation_prompt=True))
+            owner.append(i)
     out: list[float | None] = [None] * len(traces)
-    if not todo:
+    if not owner:
         return out
     prompts = tok(rendered, add_special_tokens=False)["input_ids"]  # one batched tokenizer call
     replies = ctx.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
-    for i, group in zip(todo, replies):
+    scores: dict[int, list[float]] = {}
+    for i, group in zip(owner, replies):
         tr = traces[i]
         reply = tok.decode(group[0].token_ids, skip_special_tokens=True)
         value = parse_score(reply, lo, hi)
-        tr.meta["judge.text"] = reply
-        tr.meta["judge.parse_failed"] = value is None
-        score = fallback if value is None else value
-        out[i] = score / hi if normalize and value is not None and hi else score
+        first = i not in scores
+        tr.meta["judge.text"] = reply if first else f"{tr.meta['judge.text']} | {reply}"
+        tr.meta["judge.parse_failed"] = value is None or (not first and tr.meta["judge.parse_failed"])
+        scores.setdefault(i, []).append(fallback if value is None else (value / hi if normalize and hi else value))
+    for i, vals in scores.items():
+        out[i] = sum(vals) / len(vals)
     return out

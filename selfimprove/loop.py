@@ -308,7 +308,8 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     step_s = t5 - t0
     row = {"step": step + 1, "reward": tot["reward"] / max(tot["n"], 1)}
     for r in state.rewards:
-        row[f"rewards/{r.name}"] = tot[f"reward/{r.name}"] / max(tot[f"count/{r.name}"], 1)
+        count = tot[f"count/{r.name}"]  # null when the reward applied to no trace (e.g. chrF without references)
+        row[f"rewards/{r.name}"] = tot[f"reward/{r.name}"] / count if count else None
     row.update({
         "loss": tot["loss"], "grad_norm": stats.pop("grad_norm"), "lr": state.scheduler.get_last_lr()[0],
         "frac_all_equal": tot["frac_all_equal"] / acc.num_processes, "samples": int(tot["n"]),

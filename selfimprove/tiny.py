@@ -304,8 +304,8 @@ def ensure_tiny_correct(log=print) -> Path:
 
 
 def translation_sft_data(n: int, seed: int, heldout: set[str]):
-    """Half noisy-corpus translations (false friends win 60%), half ratings of candidates against
-    the true lexicon (toy_mt.py explains why): (prompt text, target text) pairs."""
+    """Half noisy-corpus translations (false friends win 60%), half ratings of single gloss pairs
+    against the true lexicon (toy_mt.py explains why): (prompt text, target text) pairs."""
     from selfimprove import toy_mt
 
     rng = random.Random(seed)
@@ -316,9 +316,8 @@ def translation_sft_data(n: int, seed: int, heldout: set[str]):
         if i % 2 == 0:
             out.append((question, toy_mt.noisy_translation(src, rng)))
         else:
-            cand = toy_mt.judge_candidate(src, rng)
-            prompt = toy_mt.JUDGE_TEMPLATE.replace("{question}", question).replace("{answer}", cand)
-            out.append((prompt, toy_mt.judge_digit(src, cand)))
+            pair = toy_mt.judge_pair(rng)
+            out.append((toy_mt.JUDGE_TEMPLATE.replace("{answer}", pair), toy_mt.pair_digit(pair)))
     return out
 
 

@@ -14,6 +14,14 @@ time, so its greedy translation of those words is wrong; the same warm-start als
 rate translations 0-9 against the true lexicon. A model that judges better than it translates is
 the premise of self-rewarding RL (SSR's self-judge beats its own first attempts); this task makes
 that premise true in a 1M-parameter model, and the held-out references measure whether SSR used it.
+
+The tiny judge rates one gloss pair at a time ("rate 0 to 9: good=bo" -> 9, "good=su" -> 0) and the
+sentence's score is the mean over its pairs (`self_judge(segments=" ")`, segment-level judging as in
+document-level quality estimation). Measured here: after 1200 warm-start steps a whole-sentence
+0-9 rating still did not separate right from wrong glosses (Pearson 0.15 with the true quality),
+while checking one pair is a lookup the model learns quickly. `gloss_format` is the format gate:
+the gloss must spell out exactly the source's words, so the judge cannot be fooled by glossing
+other words than the ones asked for.
 """
 
 from __future__ import annotations
@@ -52,8 +60,40 @@ def quality(source: str, hypothesis: str) -> float:
 
 
 def judge_digit(source: str, hypothesis: str) -> str:
-    """The rating the judge is taught: quality on a 0-9 scale."""
+    """Quality on a 0-9 scale (for whole-sentence ratings)."""
     return str(round(9 * quality(source, hypothesis)))
+
+
+def pair_digit(pair: str) -> str:
+    """The rating the tiny judge is taught for one gloss pair: 9 when right, 0 when wrong."""
+    src, _, tgt = pair.partition("=")
+    return "9" if LEXICON.get(src) == tgt else "0"
+
+
+def judge_pair(rng: random.Random) -> str:
+    """A pair for the judge to rate: right half the time, else a false friend or a random word."""
+    src = rng.choice(SOURCE_WORDS)
+    kind = rng.random()
+    if kind < 0.5:
+        tgt = LEXICON[src]
+    elif kind < 0.7 and src in FALSE_FRIENDS:
+        tgt = FALSE_FRIENDS[src]
+    else:
+        tgt = rng.choice([t for t in TARGET_WORDS if t != LEXICON[src]])
+    return f"{src}={tgt}"
+
+
+def gloss_format(traces, ctx=None) -> list[float]:
+    """1.0 when the reply is a well-formed gloss of exactly the prompt's source words, else 0.0."""
+    import re
+
+    out = []
+    for tr in traces:
+        source = (tr.prompt[-1]["content"] if tr.prompt else "").removeprefix(PROMPT.format(source=""))
+        text = tr.completion.text.strip()
+        ok = bool(re.fullmatch(FORMAT, text)) and [p.split("=")[0] for p in text.split()] == source.split()
+        out.append(1.0 if ok and tr.completion.finish_reason == "stop" else 0.0)
+    return out
 
 
 def random_source(rng: random.Random) -> str:
@@ -95,20 +135,3 @@ def noisy_translation(source: str, rng: random.Random, p_false: float = 0.6, p_r
             t = rng.choice(TARGET_WORDS)
         words.append(t)
     return gloss(source.split(), words)
-
-
-def judge_candidate(source: str, rng: random.Random) -> str:
-    """A candidate for the judge to rate: right, corpus-noisy, randomly corrupted, or of a wrong length."""
-    kind = rng.random()
-    if kind < 0.25:
-        return translate(source)
-    if kind < 0.55:
-        return noisy_translation(source, rng, p_false=0.7, p_random=0.1)
-    src = source.split()
-    words = [rng.choice(TARGET_WORDS) if rng.random() < 0.4 else LEXICON[w] for w in src]
-    if kind > 0.9:  # a dropped or an invented pair
-        if len(src) > 1 and rng.random() < 0.5:
-            src, words = src[:-1], words[:-1]
-        else:
-            src, words = src + [rng.choice(SOURCE_WORDS)], words + [rng.choice(TARGET_WORDS)]
-    return gloss(src, words)

@@ -77,3 +77,70 @@ def test_self_judge_only_judges_gated_answers(mini_model):
     assert len(engine.prompts) == 1  # the gated and tag-less replies cost no judge call
     assert "ka mi" in tok.decode(engine.prompts[0]) and "<think>" not in tok.decode(engine.prompts[0])
     assert traces[0].meta["judge.text"] == "7" and "judge.text" not in traces[1].meta
+
+
+def test_ssr_recipe_runs_end_to_end_on_the_toy_translation_task(tmp_path, mini_model):
+    """The tiny recipe's wiring on the quick test model: prompts without references, the policy judging
+    its own well-formed replies through the same engine, chrF / exact match on the held-out split only."""
+    import json
+    from pathlib import Path
+
+    from selfimprove.config import load_recipe
+    from selfimprove.loop import run
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes/ssr/tiny_translate.yaml", [
+        f"model.path={mini_model}", "train.steps=2", "train.prompts_per_step=4", "generation.n=4", "eval.n=12",
+        "train.threads=0", f"log.out={tmp_path}", "log.name=ssr", "log.progress=false", "log.every=1"])
+    summary = run(recipe, log=lambda *a: None)
+    rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {"rewards/self_judge", "rewards/format", "judge/parse_failures"} <= set(rows[0])
+    assert rows[0]["rewards/chrf"] is None and rows[0]["rewards/exact_match"] is None  # no references in training
+    traces = [json.loads(x) for x in (Path(summary["run_dir"]) / "traces.jsonl").read_text().splitlines()]
+    for tr in traces:  # training traces: no reference, so chrF and exact match do not apply
+        assert tr["answer"] is None and tr["rewards"]["chrf"] is None and tr["rewards"]["exact_match"] is None
+        judged = tr["rewards"]["self_judge"] is not None
+        assert judged == (tr["rewards"]["format"] == 1.0)  # only well-formed glosses reach the judge
+        if not judged:
+            assert tr["reward"] == 0.0  # format_failure
+    after = summary["eval_rewards_after"]
+    assert 0.0 <= after["chrf"] <= 1.0 and 0.0 <= after["exact_match"] <= 1.0
+    assert summary["accuracy_after"] == pytest.approx(after["exact_match"])
+
+
+def test_segment_level_judging_averages_the_segments(mini_model):
+    from selfimprove import toy_mt
+    from selfimprove.policy import load_tokenizer
+
+    tok = load_tokenizer(mini_model)
+
+    class PairJudge(_CountingEngine):  # a perfect pair judge: 9 for a right pair, 0 for a wrong one
+        def generate(self, prompts, sampling):
+            self.prompts.extend(prompts)
+            out = []
+            for p in prompts:
+                pair = tok.decode(p, skip_special_tokens=True).split(": ")[-1].strip()
+                ids = tok(toy_mt.pair_digit(pair), add_special_tokens=False)["input_ids"]
+                out.append([Sample(ids, [0.0] * len(ids), "stop")])
+            return out
+
+    engine = PairJudge(tok)
+    traces = [_trace("g", "the=ka good=su is=zo no=do"), _trace("g", "the=ka good=bo")]
+    out = self_judge(traces, RewardContext(tok, engine), template=toy_mt.JUDGE_TEMPLATE, lo=0, hi=9, segments=" ")
+    assert out == pytest.approx([0.75, 1.0])
+    assert len(engine.prompts) == 6 and traces[0].meta["judge.text"] == "9 | 0 | 9 | 9"
+    assert traces[0].meta["judge.parse_failed"] is False
+
+
+def test_gloss_format_requires_the_prompts_own_source_words():
+    from selfimprove import toy_mt
+
+    def tr(src, text, finish="stop"):
+        t = _trace("g", text)
+        t.prompt = [{"role": "user", "content": toy_mt.PROMPT.format(source=src)}]
+        t.turns[-1].finish_reason = finish
+        return t
+
+    got = toy_mt.gloss_format([tr("the good", "the=ka good=su"), tr("the good", "the=ka the=ka"),
+                               tr("the good", "ka su"), tr("the good", "the=ka good=bo", "length")])
+    assert got == [1.0, 0.0, 0.0, 0.0]
