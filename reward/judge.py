@@ -128,3 +128,11 @@ def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi
     for i, vals in scores.items():
         out[i] = sum(vals) / len(vals)
     return out
+
+
+def _validate_self_judge(kwargs: dict) -> None:
+    """Recipe-time checks of self_judge's options (a template without {answer} fails before step 1)."""
+    judge_template(kwargs.get("template", "gemba"))
+
+
+self_judge.validate_kwargs = _validate_self_judge

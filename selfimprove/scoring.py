@@ -23,6 +23,9 @@ def build_rewards(specs) -> list[BoundReward]:
     out, names = [], set()
     for spec in specs:
         fn = resolve(spec.fn)
+        validate = getattr(fn, "validate_kwargs", None)  # a reward's own option checks, run before anything starts
+        if validate is not None:
+            validate(spec.kwargs)
         if spec.kwargs:
             params = inspect.signature(fn).parameters
             has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())

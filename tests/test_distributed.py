@@ -40,3 +40,24 @@ def test_two_cpu_processes_train_in_step(tmp_path, mini_model):
     rows = [json.loads(x) for x in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["samples"] for r in rows] == [16, 16, 16]  # 4 prompts x 4 samples over both processes
     assert summary["n_eval"] == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, overrides, check", [
+    ("recipes/selfj/tiny_arith.yaml",
+     ["algorithm.n_train_questions=32", "algorithm.n_eval_questions=16", "algorithm.epochs=1", "algorithm.batch_size=16"],
+     lambda s: s["n_train_answers"] == 128 and s["n_eval_answers"] == 64 and s["judge"]["n"] == 64 and s["steps"] == 8),
+    ("recipes/reward_model/tiny_arith.yaml",
+     ["algorithm.n_pairs=64", "algorithm.epochs=1", "eval.n=16", "train.prompts_per_step=16", "train.micro_batch_size=8"],
+     lambda s: s["train_pairs"] == 64 and s["steps"] == 4 and 0 <= s["pairwise_accuracy_after"] <= 1),
+])
+def test_judge_and_reward_model_training_run_in_two_processes(tmp_path, mini_model, recipe, overrides, check):
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
+                          "-m", "selfimprove", "train", str(ROOT / recipe), f"model.path={mini_model}",
+                          f"log.out={tmp_path}", "log.name=run", *overrides],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert check(summary), summary

@@ -43,3 +43,13 @@ def test_unparsable_replies_fall_back_and_are_flagged(mini_model):
 def test_template_without_answer_placeholder():
     with pytest.raises(UserError, match=r"no \{answer\} placeholder"):
         self_judge(traces(), RewardContext(), template="Rate {question}")
+
+
+def test_template_without_answer_placeholder_fails_at_recipe_time(tmp_path):
+    from selfimprove.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rewards:\n  - {fn: self_judge, kwargs: {template: 'Rate {question}'}}\n"
+                      f"log: {{out: {tmp_path / 'runs'}}}\n")
+    assert main(["train", str(recipe)]) == 2
+    assert not (tmp_path / "runs").exists()
