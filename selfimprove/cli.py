@@ -179,23 +179,16 @@ def cmd_sft(args) -> int:
 
 def _read_judge_rows(path: str, fields: list[str]) -> list[dict]:
     """JSONL rows of `selfimprove judge`; a bad line or a missing field names the file, row and field."""
+    from selfimprove.data import jsonl_objects
+
     if not os.path.isfile(path):
         raise UserError(f"judge: input file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"judge: {path} row {i} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"judge: {path} row {i} is not a JSON object")
-            for field in fields:
-                if not isinstance(row.get(field), str):
-                    raise UserError(f"judge: {path} row {i} has no '{field}' field (a string)")
-            rows.append(row)
+    for i, row in jsonl_objects(path, "judge"):
+        for field in fields:
+            if not isinstance(row.get(field), str):
+                raise UserError(f"judge: {path} row {i} has no '{field}' field (a string)")
+        rows.append(row)
     return rows
 
 

@@ -186,6 +186,27 @@ def _fill_template(template: str, row: dict, source: str, i: int) -> str:
         raise UserError(f"data.prompt_template is not a valid format string: {e}") from None
 
 
+def jsonl_objects(path: str, what: str) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file; a bad line is a UserError
+    naming `what` (the command), the file and the line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"{what}: cannot read {path}: {e.strerror}") from None
+    out = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{what}: {path} line {no} is not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{what}: {path} line {no} is not a JSON object")
+        out.append((no, row))
+    return out
+
+
 def require_answers(examples: list[Example], source: str, column: str) -> None:
     for i, ex in enumerate(examples):
         if ex.answer is None:

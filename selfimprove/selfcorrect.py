@@ -9,10 +9,9 @@ can be recomputed offline with `selfimprove metrics`.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
-from selfimprove.data import encode_prompts
+from selfimprove.data import encode_prompts, jsonl_objects
 from selfimprove.engines import Sampling
 from selfimprove.errors import UserError
 from selfimprove.evaluate import make_traces
@@ -64,19 +63,7 @@ def load_outcomes(path: str) -> dict:
     """Metrics from a JSONL file of traces (two assistant turns with rewards) or minimal rows."""
     groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     edits: list[float] = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as e:
-        raise UserError(f"metrics: cannot read {path}: {e.strerror}") from None
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"metrics: {path} line {no} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"metrics: {path} line {no} is not a JSON object")
+    for no, row in jsonl_objects(path, "metrics"):
         if "turns" in row:
             problem, c1, c2, texts = _from_trace(row, path, no)
             edits.append(edit_ratio(*texts))

@@ -210,7 +210,7 @@ def test_cli_judge_input_errors(tmp_path, capsys):
     src.write_text('{"question": "1+1=", "answer": "2"}\n{"question": \n')
     assert main(["judge", "tiny", str(src)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: judge: {src} row 2 is not valid JSON") and "\n" not in err
+    assert err.startswith(f"error: judge: {src} line 2 is not valid JSON") and "\n" not in err
     assert main(["judge", "tiny", str(tmp_path / "none.jsonl")]) == 2
     assert "input file not found" in capsys.readouterr().err
 
