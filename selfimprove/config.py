@@ -87,6 +87,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_seconds: float = 0.0  # > 0: stop training after this many seconds (a time budget)
     threads: int = 0  # torch threads per process; 0 = leave torch's default
+    resume: str = ""  # "auto": continue from the run folder's last whole checkpoint (if any); or a checkpoint folder
 
 
 @dataclass

@@ -26,6 +26,7 @@ from selfimprove.errors import UserError
 from selfimprove.evaluate import evaluate, make_traces
 from selfimprove.policy import (add_lora, context_length, frozen_copy, load_model, load_tokenizer,
                                 resolve_model_path)
+from selfimprove.resume import fault, find_checkpoint, load_policy_weights, restore, rng_state, trim_logs
 from selfimprove.runlog import RunLog, save_checkpoint
 from selfimprove.scoring import build_rewards, score
 from selfimprove.trace import dump_jsonl
@@ -50,6 +51,10 @@ class State:
     history: list = field(default_factory=list)
     eval_traces: dict = field(default_factory=dict)
     eval_means: dict = field(default_factory=dict)  # tag -> {reward name: mean on the eval set}
+    resume_from: object = None  # the checkpoint this run continues (train.resume), or None
+    evals: list = field(default_factory=list)  # (step, accuracy) so far
+    summary: dict = field(default_factory=dict)
+    elapsed: float = 0.0  # training seconds before this process started (resumed runs)
 
 
 MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
@@ -131,6 +136,9 @@ def setup(recipe, log=print) -> State:
     needs_ref = getattr(algo, "needs_reference", lambda c: False)(recipe.algorithm)
     # with LoRA the reference is the same model with its adapters switched off: no second copy
     ref_model = (model if recipe.model.lora_r else frozen_copy(model)) if needs_ref else None
+    resume_from = find_checkpoint(recipe)
+    if resume_from is not None:  # after the reference copy: the reference stays the starting model
+        load_policy_weights(model, resume_from, bool(recipe.model.lora_r))
 
     t = recipe.train
     # the fused kernel: one pass over all parameters (5x faster than the per-tensor loop on CPU)
@@ -145,7 +153,8 @@ def setup(recipe, log=print) -> State:
                          seed=recipe.seed * 1000 + accelerator.process_index)
     random.Random(recipe.seed).shuffle(train_examples)
     return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
-                 train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process))
+                 train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process),
+                 resume_from=resume_from)
 
 
 def step_examples(state: State, step: int) -> list:
@@ -165,7 +174,11 @@ def sampling_of(g) -> Sampling:
 def rollout(state: State, step: int):
     examples = step_examples(state, step)
     prompt_ids = encode_prompts(state.tokenizer, examples, state.recipe.data.max_prompt_tokens)
-    samples = state.engine.generate(prompt_ids, sampling_of(state.recipe.generation))
+    # one random stream per (seed, global prompt position): the same samples with 1 or N processes
+    t, acc = state.recipe.train, state.accelerator
+    first = step * t.prompts_per_step + acc.process_index * (t.prompts_per_step // acc.num_processes)
+    seeds = [state.recipe.seed * 1_000_000_007 + first + i for i in range(len(examples))]
+    samples = state.engine.generate(prompt_ids, sampling_of(state.recipe.generation), seeds=seeds)
     return make_traces(examples, prompt_ids, samples, state.tokenizer,
                        tag=f"s{step}-r{state.accelerator.process_index}", version=step)
 
@@ -326,23 +339,25 @@ def run(recipe, log=print) -> dict:
     state = setup(recipe, log=log)
     acc, run = state.accelerator, state.run
     t_cfg, e_cfg, l_cfg = recipe.train, recipe.eval, recipe.log
-    summary: dict = {"algorithm": recipe.algorithm.name, "model": recipe.model.path}
-    evals: list[tuple[int, float]] = []
-    if e_cfg.before:
+    summary = state.summary = {"algorithm": recipe.algorithm.name, "model": recipe.model.path}
+    evals = state.evals
+    start = _resume(state, log) if state.resume_from is not None else 0
+    if e_cfg.before and start == 0:
         summary["accuracy_before"] = run_eval(state, "before")
         evals.append((0, summary["accuracy_before"]))
         if acc.is_main_process:
             log(f"held-out accuracy before training: {summary['accuracy_before']:.1%} (n={len(state.eval_examples)})")
 
     progress = _progress(acc.is_main_process and l_cfg.progress, t_cfg.steps)
-    t_start, steps_done = time.perf_counter(), 0
+    t_start, steps_done = time.perf_counter(), start
     with progress or nullcontext():
-        task = progress.add_task("training", total=t_cfg.steps) if progress else None
-        for step in range(t_cfg.steps):
+        task = progress.add_task("training", total=t_cfg.steps, completed=start) if progress else None
+        for step in range(start, t_cfg.steps):
+            fault("kill_at_step", step + 1)
             state.step = step
             row, traces = train_step(state, step)
             steps_done = step + 1
-            elapsed = float(acc.reduce(torch.tensor([time.perf_counter() - t_start], device=acc.device), "max"))
+            elapsed = state.elapsed + float(acc.reduce(torch.tensor([time.perf_counter() - t_start], device=acc.device), "max"))
             row["time/elapsed"] = elapsed
             if e_cfg.every and steps_done % e_cfg.every == 0 and steps_done < t_cfg.steps:
                 row["eval/accuracy"] = run_eval(state, f"step{steps_done}")
@@ -353,15 +368,15 @@ def run(recipe, log=print) -> dict:
             if l_cfg.traces_every and (steps_done % l_cfg.traces_every == 0 or steps_done == 1):
                 run.traces(traces[: l_cfg.traces_per_step])
             if l_cfg.save_every and steps_done % l_cfg.save_every == 0:
-                _checkpoint(state, steps_done)
+                _checkpoint(state, steps_done, elapsed)
             if progress:
                 progress.update(task, advance=1, description=f"reward {row['reward']:.3f}")
             if t_cfg.max_seconds and elapsed >= t_cfg.max_seconds:
                 break
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = state.elapsed + time.perf_counter() - t_start
     summary.update({"steps": steps_done, "train_seconds": round(train_seconds, 2)})
-    if l_cfg.save_final and steps_done and not (l_cfg.save_every and steps_done % l_cfg.save_every == 0):
-        _checkpoint(state, steps_done)
+    if l_cfg.save_final and steps_done > start and not (l_cfg.save_every and steps_done % l_cfg.save_every == 0):
+        _checkpoint(state, steps_done, train_seconds)
     if e_cfg.after:
         summary["accuracy_after"] = run_eval(state, "after")
         evals.append((steps_done, summary["accuracy_after"]))
@@ -394,16 +409,32 @@ def _weights_identical(state: State) -> bool:
     return bool((every == every[0]).all())
 
 
-def _checkpoint(state: State, step: int) -> None:
+def _checkpoint(state: State, step: int, elapsed: float) -> None:
+    from accelerate.utils import gather_object
+
     acc = state.accelerator
     acc.wait_for_everyone()
+    rng = gather_object([rng_state(state.engine)]) if acc.num_processes > 1 else [rng_state(state.engine)]
     trainer_state = {"step": step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                     "engine_rng": state.engine.generator.get_state() if hasattr(state.engine, "generator") else None,
-                     "data_position": step * state.recipe.train.prompts_per_step}
+                     "rng": rng,  # one entry per process: each samples its own share of the prompts
+                     "data_position": step * state.recipe.train.prompts_per_step, "elapsed": elapsed,
+                     "evals": list(state.evals), "summary": dict(state.summary)}
     save_checkpoint(state.run, step, acc.unwrap_model(state.model), state.tokenizer, trainer_state,
                     state.recipe.log.keep_last)
     acc.wait_for_everyone()
+
+
+def _resume(state: State, log) -> int:
+    """Continue from state.resume_from: optimizer, scheduler, RNG, logs, evaluations so far."""
+    ts = restore(state, state.resume_from)
+    state.elapsed = ts["elapsed"]
+    state.evals.extend(tuple(e) for e in ts["evals"])
+    state.summary.update(ts["summary"])
+    state.summary["resumed_from"] = str(state.resume_from)
+    state.history = trim_logs(state.run.path, ts["step"]) if state.run.enabled else []
+    if state.accelerator.is_main_process:
+        log(f"resuming from {state.resume_from} (step {ts['step']})")
+    return ts["step"]
 
 
 def _progress(enabled: bool, total: int):

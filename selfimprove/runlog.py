@@ -62,6 +62,9 @@ def save_checkpoint(run: RunLog, step: int, model, tokenizer, state: dict, keep_
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / "trainer_state.pt")
+    from selfimprove.resume import fault
+
+    fault("kill_in_save", step)  # tests: a death here must leave the previous checkpoint the newest whole one
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     whole = sorted(p for p in ckpt_root.iterdir() if p.name.startswith("step-"))

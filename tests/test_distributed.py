@@ -18,9 +18,9 @@ rewards:
   - {{fn: number_format}}
   - {{fn: math_correct}}
 algorithm: {{name: grpo}}
-train: {{steps: 3, prompts_per_step: 4, micro_batch_size: 4, lr: 1.0e-3, threads: 1}}
+train: {{steps: 4, prompts_per_step: 4, micro_batch_size: 4, lr: 1.0e-3, threads: 1}}
 eval: {{after: true, n: 20, reward: math_correct, max_new_tokens: 5}}
-log: {{out: {out}, name: ddp, progress: false}}
+log: {{out: {out}, name: ddp, progress: false, every: 1}}
 """
 
 
@@ -38,8 +38,20 @@ def test_two_cpu_processes_train_in_step(tmp_path, mini_model):
     assert summary["processes"] == 2
     assert summary["ranks_weights_identical"] is True
     rows = [json.loads(x) for x in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["samples"] for r in rows] == [16, 16, 16]  # 4 prompts x 4 samples over both processes
+    assert [r["samples"] for r in rows] == [16, 16, 16, 16]  # 4 prompts x 4 samples over both processes
     assert summary["n_eval"] == 20
+
+    # the same global batch in one process: the same samples (one random stream per prompt), so the
+    # same loss curve up to the order of floating-point sums
+    env1 = {**env, "SELFIMPROVE_FAULT": ""}
+    one = subprocess.run([sys.executable, "-m", "selfimprove", "train", str(recipe), "log.name=single"],
+                         capture_output=True, text=True, env=env1, cwd=ROOT, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single = [json.loads(x) for x in (tmp_path / "runs" / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in single] == pytest.approx([r["reward"] for r in rows], abs=1e-9)
+    assert [r["loss"] for r in single] == pytest.approx([r["loss"] for r in rows], abs=1e-4)
+    assert [r["grad_norm"] for r in single] == pytest.approx([r["grad_norm"] for r in rows], rel=1e-3)
+    assert any(abs(r["loss"]) > 1e-3 for r in rows)  # a curve worth comparing: the steps did learn
 
 
 @pytest.mark.slow

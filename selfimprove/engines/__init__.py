@@ -2,7 +2,8 @@
 
 An engine turns token-id prompts into samples with token ids and the sampler's log-probs:
 
-    engine.generate(prompts: list[list[int]], sampling: Sampling) -> list[list[Sample]]  # n per prompt
+    engine.generate(prompts: list[list[int]], sampling: Sampling, seeds=None) -> list[list[Sample]]  # n per prompt
+    # seeds: one per prompt; then each sample's randomness is its own (independent of batching and processes)
     engine.load_weights(named_tensors)   # push the trainer's current weights
     engine.sleep() / engine.wake()       # free / restore memory where the backend can
 
@@ -33,7 +34,7 @@ class Sample:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[list[Sample]]: ...
 
     def load_weights(self, named_tensors) -> None: ...
 

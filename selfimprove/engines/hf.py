@@ -16,8 +16,11 @@ from transformers import DynamicCache
 from selfimprove.engines import Sample, Sampling
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    """Draw one token per row from [B, V] logits with temperature and nucleus (top-p) filtering."""
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator,
+                 uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw one token per row from [B, V] logits with temperature and nucleus (top-p) filtering.
+    With `uniforms` ([B] in [0, 1)) each row is drawn by inverse CDF from its own number, so a row's
+    token does not depend on which other rows share the batch (or the process)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -27,7 +30,20 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    if uniforms is not None:
+        cdf = probs.cumsum(-1)
+        return torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def row_uniforms(seeds: list[int], n: int, steps: int, device) -> torch.Tensor:
+    """[len(seeds) * n, steps] uniforms: sample j of the prompt with seed s draws from its own stream."""
+    rows = []
+    for s in seeds:
+        for j in range(n):
+            g = torch.Generator().manual_seed((s * 1_000_003 + j) % (1 << 63))
+            rows.append(torch.rand(steps, generator=g, dtype=torch.float64))
+    return torch.stack(rows).to(device=device, dtype=torch.float32)
 
 
 class HFEngine:
@@ -52,20 +68,23 @@ class HFEngine:
     def wake(self) -> None:
         return None
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[list[Sample]]:
+        """n samples per prompt. With `seeds` (one per prompt) every sample has its own random stream, so
+        the samples are the same however the prompts are split over batches and processes."""
         n = sampling.n
         per_batch = max(1, sampling.batch_size // n)  # prompts per forward batch (each becomes n rows)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths: less padding
         out: dict[int, list[Sample]] = {}
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
-            rows = self._generate_batch([prompts[i] for i in idx], sampling)
+            rows = self._generate_batch([prompts[i] for i in idx], sampling,
+                                        None if seeds is None else [seeds[i] for i in idx])
             for k, i in enumerate(idx):
                 out[i] = rows[k * n : (k + 1) * n]
         return [out[i] for i in range(len(prompts))]
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], sp: Sampling) -> list[Sample]:
+    def _generate_batch(self, prompts: list[list[int]], sp: Sampling, seeds: list[int] | None = None) -> list[Sample]:
         """Rows come back prompt-major: prompt 0's n samples, then prompt 1's, ..."""
         model = self.model
         device = next(model.parameters()).device
@@ -94,8 +113,9 @@ class HFEngine:
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         stop = torch.tensor(self.stop_ids, device=device)
         toks, lps = [], []
-        for _ in range(sp.max_new_tokens):
-            nxt = sample_token(logits, sp.temperature, sp.top_p, self.generator)
+        u = row_uniforms(seeds, n, sp.max_new_tokens, device) if seeds is not None and sp.temperature > 0 else None
+        for t in range(sp.max_new_tokens):
+            nxt = sample_token(logits, sp.temperature, sp.top_p, self.generator, None if u is None else u[:, t])
             lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
             nxt = torch.where(finished, torch.full_like(nxt, self.pad_id), nxt)
             toks.append(nxt)

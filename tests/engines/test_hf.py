@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from selfimprove.batch import collate, token_logprobs
@@ -80,3 +81,32 @@ def test_every_end_of_turn_id_stops_generation(mini_model):
         for s in g:
             assert all(t not in engine.stop_ids for t in s.token_ids[:-1])
             assert (s.finish_reason == "stop") == (s.token_ids[-1] in engine.stop_ids)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    from selfimprove.engines.hf import sample_token
+
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(1000, 1)
+    u = (torch.arange(1000, dtype=torch.float32) + 0.5) / 1000  # an even grid of uniforms
+    counts = torch.bincount(sample_token(logits, 1.0, 1.0, None, u), minlength=3).tolist()
+    assert counts == [200, 500, 300]
+    top = sample_token(logits, 1.0, 0.6, None, u)  # top-p 0.6 keeps 0.5 and 0.3, renormalised
+    assert torch.bincount(top, minlength=3).tolist() == [0, 625, 375]
+
+
+def test_seeded_samples_do_not_depend_on_batching(mini_model):
+    tok = load_tokenizer(mini_model)
+    engine = HFEngine(load_model(mini_model), tok, seed=0)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                       tokenize=False) for q in ("12+34=", "5*6=", "99-1=", "7+8=")]
+    ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    sp = Sampling(n=3, temperature=1.0, max_new_tokens=6, batch_size=12)
+    together = engine.generate(ids, sp, seeds=[11, 12, 13, 14])
+    halves = engine.generate(ids[:2], Sampling(n=3, temperature=1.0, max_new_tokens=6, batch_size=3), seeds=[11, 12]) \
+        + engine.generate(ids[2:], sp, seeds=[13, 14])
+    assert [[s.token_ids for s in g] for g in together] == [[s.token_ids for s in g] for g in halves]
+    for g1, g2 in zip(together, halves):
+        for a, b in zip(g1, g2):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    other = engine.generate(ids, sp, seeds=[21, 22, 23, 24])
+    assert [[s.token_ids for s in g] for g in other] != [[s.token_ids for s in g] for g in together]
