@@ -9,6 +9,7 @@ loss is scaled so that any number of processes and micro-batches gives the gradi
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -70,7 +71,29 @@ def make_accelerator(dtype: str = "float32"):
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
             and AcceleratorState().mixed_precision != MIXED[dtype]:
         AcceleratorState._reset_state()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # a DeepSpeed profile
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # cpu=True would silently drop DeepSpeed; without CUDA, DeepSpeed needs gloo named explicitly
+        # (environment.md section 4: accelerate otherwise picks no backend and sees one process)
+        handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+        return Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers)
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype])
+
+
+def configure_deepspeed(accelerator, train_cfg) -> None:
+    """Batch and clipping settings that DeepSpeed wants before `prepare` (the loop has no DataLoader):
+    one micro-batch per backward, the optimizer step at the last micro-batch (gradient accumulation
+    boundaries are set by `update`), clipping at train.max_grad_norm, and our own AdamW."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = train_cfg.micro_batch_size
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = train_cfg.micro_batch_size * accelerator.num_processes
+    ds["gradient_clipping"] = train_cfg.max_grad_norm
+    ds["zero_allow_untested_optimizer"] = True
 
 
 def lr_lambda(train_cfg):
@@ -146,6 +169,7 @@ def setup(recipe, log=print) -> State:
                                   weight_decay=t.weight_decay, fused=accelerator.device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
     # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
+    configure_deepspeed(accelerator, t)
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_model is not None and not recipe.model.lora_r:
         ref_model = ref_model.to(accelerator.device)
@@ -202,6 +226,7 @@ def update(state: State, traces, ref_lp) -> dict:
     meta_keys = getattr(state.algo, "META_KEYS", ())
     zero_loss = getattr(state.algo, "zero_loss", None)  # traces whose gradient is exactly zero
     world = acc.num_processes
+    deepspeed = acc.state.deepspeed_plugin is not None
     order = list(range(len(traces)))
     chunks = [order[i::t.mini_batches] for i in range(t.mini_batches)] if t.mini_batches > 1 else [order]
     stats: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0}
@@ -214,8 +239,13 @@ def update(state: State, traces, ref_lp) -> dict:
         if counts[2].item() == 0:  # nothing to learn on any process: no step (Adam's momentum would still move)
             continue
         mbs = micro_batches(live, t.micro_batch_size) or [[]]
+        if deepspeed and world > 1:  # ZeRO reduces at every backward: every process runs as many
+            most = int(acc.reduce(torch.tensor([len(mbs)], device=acc.device), "max").item())
+            mbs += [[]] * (most - len(mbs))  # (empty ones are zero-loss backwards)
         for k, mb in enumerate(mbs):
             sync = nullcontext() if k == len(mbs) - 1 else acc.no_sync(model)
+            if deepspeed:  # DeepSpeed reduces and steps inside backward at an accumulation boundary
+                acc.gradient_state._set_sync_gradients(k == len(mbs) - 1)
             with sync:
                 if not mb:  # nothing to train on this process: a zero loss keeps processes in step
                     ids = torch.tensor([[state.tokenizer.pad_token_id]], device=acc.device)
@@ -232,7 +262,8 @@ def update(state: State, traces, ref_lp) -> dict:
                 stats["loss"] += loss.item() / len(chunks)  # this process's share of the mean mini-batch loss
                 for key, v in metrics.items():
                     extra.setdefault(key, []).append(v)
-        stats["grad_norm"] += float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+        norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # DeepSpeed: its own clipping's norm
+        stats["grad_norm"] += float(norm) if norm is not None else 0.0
         steps_taken += 1
         state.optimizer.step()
         state.scheduler.step()
