@@ -9,7 +9,6 @@ loss is scaled so that any number of processes and micro-batches gives the gradi
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from selfimprove.errors import UserError
 from selfimprove.evaluate import evaluate, make_traces
 from selfimprove.policy import (add_lora, context_length, frozen_copy, load_model, load_tokenizer,
                                 resolve_model_path)
+from selfimprove.distributed import configure_deepspeed, make_accelerator, weights_identical
 from selfimprove.resume import fault, find_checkpoint, load_policy_weights, restore, rng_state, trim_logs
 from selfimprove.runlog import RunLog, save_checkpoint
 from selfimprove.scoring import build_rewards, score
@@ -56,44 +56,6 @@ class State:
     evals: list = field(default_factory=list)  # (step, accuracy) so far
     summary: dict = field(default_factory=dict)
     elapsed: float = 0.0  # training seconds before this process started (resumed runs)
-
-
-MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def make_accelerator(dtype: str = "float32"):
-    """16-bit dtypes train as mixed precision: fp32 master weights, autocast in the forward pass."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    # accelerate keeps one global state per process; a second run in the same single process (tests,
-    # notebooks) with another precision must start from a fresh one
-    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
-            and AcceleratorState().mixed_precision != MIXED[dtype]:
-        AcceleratorState._reset_state()
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # a DeepSpeed profile
-        from accelerate.utils import InitProcessGroupKwargs
-
-        # cpu=True would silently drop DeepSpeed; without CUDA, DeepSpeed needs gloo named explicitly
-        # (environment.md section 4: accelerate otherwise picks no backend and sees one process)
-        handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-        return Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers)
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype])
-
-
-def configure_deepspeed(accelerator, train_cfg) -> None:
-    """Batch and clipping settings that DeepSpeed wants before `prepare` (the loop has no DataLoader):
-    one micro-batch per backward, the optimizer step at the last micro-batch (gradient accumulation
-    boundaries are set by `update`), clipping at train.max_grad_norm, and our own AdamW."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = train_cfg.micro_batch_size
-    ds["gradient_accumulation_steps"] = 1
-    ds["train_batch_size"] = train_cfg.micro_batch_size * accelerator.num_processes
-    ds["gradient_clipping"] = train_cfg.max_grad_norm
-    ds["zero_allow_untested_optimizer"] = True
 
 
 def lr_lambda(train_cfg):
@@ -420,24 +382,11 @@ def run(recipe, log=print) -> dict:
             summary[f"eval_rewards_{tag}"] = state.eval_means[tag]
     if acc.num_processes > 1:
         summary["processes"] = acc.num_processes
-        summary["ranks_weights_identical"] = _weights_identical(state)
+        summary["ranks_weights_identical"] = weights_identical(state.accelerator, state.model)
     _finish(state, summary, evals, log)
     acc.wait_for_everyone()
     acc.end_training()  # tear the process group down before exit (gloo aborts at exit otherwise)
     return summary
-
-
-def _weights_identical(state: State) -> bool:
-    """Every process holds bit-identical weights (a data-parallel sanity check, logged in the summary)."""
-    import hashlib
-
-    acc = state.accelerator
-    h = hashlib.sha256()
-    for p in acc.unwrap_model(state.model).parameters():
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    digest = torch.tensor([[int.from_bytes(h.digest()[:7], "little")]], dtype=torch.int64, device=acc.device)
-    every = acc.gather(digest).reshape(-1)
-    return bool((every == every[0]).all())
 
 
 def _checkpoint(state: State, step: int, elapsed: float) -> None:

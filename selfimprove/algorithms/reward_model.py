@@ -367,7 +367,7 @@ def train(recipe, log=print) -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import RewardTrainer
 
-    from selfimprove.loop import make_accelerator
+    from selfimprove.distributed import make_accelerator
     from selfimprove.policy import load_tokenizer, resolve_model_path
     from selfimprove.runlog import RunLog
 

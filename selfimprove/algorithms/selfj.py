@@ -257,7 +257,7 @@ def train(recipe, log=print) -> dict:
     from accelerate.utils import gather_object, set_seed
 
     from selfimprove.config import RewardSpec
-    from selfimprove.loop import make_accelerator
+    from selfimprove.distributed import make_accelerator
     from selfimprove.policy import (
         add_lora,
         context_length,

@@ -1,0 +1,58 @@
+"""Processes and devices: the Accelerator (DDP, DeepSpeed, CPU or GPU) and cross-process checks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def make_accelerator(dtype: str = "float32"):
+    """16-bit dtypes train as mixed precision: fp32 master weights, autocast in the forward pass."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state per process; a second run in the same single process (tests,
+    # notebooks) with another precision must start from a fresh one
+    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
+            and AcceleratorState().mixed_precision != MIXED[dtype]:
+        AcceleratorState._reset_state()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # a DeepSpeed profile
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # cpu=True would silently drop DeepSpeed; without CUDA, DeepSpeed needs gloo named explicitly
+        # (environment.md section 4: accelerate otherwise picks no backend and sees one process)
+        handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+        return Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype])
+
+
+def configure_deepspeed(accelerator, train_cfg) -> None:
+    """Batch and clipping settings that DeepSpeed wants before `prepare` (the loop has no DataLoader):
+    one micro-batch per backward, the optimizer step at the last micro-batch (gradient accumulation
+    boundaries are set by `update`), clipping at train.max_grad_norm, and our own AdamW."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = train_cfg.micro_batch_size
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = train_cfg.micro_batch_size * accelerator.num_processes
+    ds["gradient_clipping"] = train_cfg.max_grad_norm
+    ds["zero_allow_untested_optimizer"] = True
+
+
+
+def weights_identical(acc, model) -> bool:
+    """Every process holds bit-identical weights (a data-parallel sanity check, logged in the summary)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in acc.unwrap_model(model).parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    digest = torch.tensor([[int.from_bytes(h.digest()[:7], "little")]], dtype=torch.int64, device=acc.device)
+    every = acc.gather(digest).reshape(-1)
+    return bool((every == every[0]).all())
