@@ -1,0 +1,160 @@
+"""One prepared GPU measurement (issue 5, item 7), and its CPU dry run.
+
+Builds a Qwen2-shaped model with random weights locally (about 0.46B parameters on GPU; a 0.1M-parameter
+one with --dry-run), then measures and prints one table:
+  1. bare vLLM generation tokens/s (when vllm imports; else n/a),
+  2. the same prompts through selfimprove's `hf` engine (tokens/s),
+  3. the per-phase split (generate / reward / logprob / update / weight sync, median seconds per step)
+     of a few NFT and SCoRe steps through `selfimprove.loop.run`.
+The engine's weight push is 0 for the `hf` engine (it shares the trainer's model); a vLLM engine row
+will fill it. Random weights almost never emit EOS, so every sample runs to max_new_tokens: the
+figures are throughput at a fixed length. A reward that varies on random text (a letter present or
+not) keeps the update phase busy.
+
+    python scripts/gpu_check.py [--dry-run] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_model(out: Path, dry: bool) -> tuple[int, str]:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from selfimprove.tiny import CHAT_TEMPLATE, TinySpec, build_tokenizer
+
+    tok = build_tokenizer(TinySpec())
+    tok.chat_template = CHAT_TEMPLATE
+    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128) if dry else
+             dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=2,
+                  intermediate_size=5504))
+    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **shape)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return sum(p.numel() for p in model.parameters()), "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def prompts_of(tokenizer, n: int) -> list[list[int]]:
+    from selfimprove.config import DataConfig
+    from selfimprove.data import arith_train, encode_prompts
+
+    return encode_prompts(tokenizer, arith_train(DataConfig(), n, seed=5), 512)
+
+
+def hf_tokens_per_s(path: str, dtype: str, prompts, n: int, new: int) -> float:
+    from selfimprove.engines import Sampling, make_engine
+    from selfimprove.policy import load_model, load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(path, dtype).to(device)
+    engine = make_engine("hf", model, load_tokenizer(path), seed=0)
+    sp = Sampling(n=n, temperature=1.0, max_new_tokens=new, batch_size=4096)
+    engine.generate(prompts[:2], Sampling(n=1, max_new_tokens=4))  # warm-up (kernels, allocator)
+    t = time.perf_counter()
+    out = engine.generate(prompts, sp)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return sum(len(s.token_ids) for g in out for s in g) / (time.perf_counter() - t)
+
+
+def vllm_tokens_per_s(path: str, dtype: str, prompts, n: int, new: int):
+    try:
+        from vllm import LLM, SamplingParams
+    except Exception as e:  # not installed on this machine: the row says so
+        return f"n/a ({type(e).__name__})"
+    llm = LLM(model=path, dtype=dtype, gpu_memory_utilization=0.3, max_model_len=1024, seed=0)
+    sp = SamplingParams(n=n, temperature=1.0, max_tokens=new, ignore_eos=True, logprobs=0)
+    inputs = [{"prompt_token_ids": p} for p in prompts]
+    llm.generate(inputs[:2], SamplingParams(max_tokens=4), use_tqdm=False)
+    t = time.perf_counter()
+    out = llm.generate(inputs, sp, use_tqdm=False)
+    tokens = sum(len(c.token_ids) for o in out for c in o.outputs)
+    seconds = time.perf_counter() - t
+    del llm
+    return tokens / seconds
+
+
+RECIPE = """
+model: {{path: {path}, dtype: {dtype}}}
+data: {{train: arith}}
+generation: {{n: {n}, temperature: 1.0, max_new_tokens: {new}, batch_size: 4096}}
+rewards:
+  - {{fn: regex_format, kwargs: {{pattern: "(?s).*e.*"}}}}
+algorithm: {{name: {algo}{extra}}}
+train: {{steps: {steps}, prompts_per_step: {prompts}, micro_batch_size: {micro}, lr: 1.0e-6}}
+log: {{out: {out}, name: {algo}, every: 1, traces_every: 0, save_final: false, progress: false}}
+"""
+
+
+def phases(path: str, dtype: str, algo: str, out: Path, dry: bool) -> dict:
+    from selfimprove.config import load_recipe
+    from selfimprove.loop import run
+
+    extra = ", stage1_steps: 1, instruction: reask" if algo == "score" else ""
+    text = RECIPE.format(path=path, dtype=dtype, n=4 if dry else 8, new=8 if dry else 256, algo=algo,
+                         extra=extra, steps=3, prompts=4 if dry else 32, micro=8 if dry else 16, out=out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_file = out / f"{algo}.yaml"
+    recipe_file.write_text(text)
+    run(load_recipe(recipe_file), log=lambda *a: None)
+    rows = [json.loads(x) for x in (out / algo / "metrics.jsonl").read_text().splitlines()]
+    keys = ("time/generate", "time/reward", "time/logprob", "time/update", "time/weight_sync", "time/step")
+    return {k.split("/")[1]: sorted(r[k] for r in rows)[len(rows) // 2] for k in keys}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dry-run", action="store_true", help="a 0.1M-parameter model, few tokens: checks the script on CPU")
+    ap.add_argument("--out", default=None, help="write results.json here")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    t0 = time.perf_counter()
+    params, dtype = build_model(work / "model", args.dry_run)
+    from selfimprove.policy import load_tokenizer
+
+    prompts = prompts_of(load_tokenizer(str(work / "model")), 16 if args.dry_run else 256)
+    n, new = (4, 16) if args.dry_run else (8, 256)
+    res = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "params_M": round(params / 1e6, 1), "dtype": dtype, "prompts": len(prompts), "n": n, "max_new_tokens": new}
+    res["vllm_tokens_per_s"] = vllm_tokens_per_s(str(work / "model"), dtype, prompts, n, new)
+    res["hf_engine_tokens_per_s"] = hf_tokens_per_s(str(work / "model"), dtype, prompts, n, new)
+    res["weight_push_s"] = 0.0  # hf engine: shares the trainer's model
+    for algo in ("nft", "score"):
+        res[f"{algo}_phases_s"] = phases(str(work / "model"), dtype, algo, work / "runs", args.dry_run)
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    print(f"gpu_check on {res['device']}: Qwen2-shaped {res['params_M']}M params, {dtype}, "
+          f"{len(prompts)} prompts x {n} samples x {new} tokens")
+    print(f"{'measure':32s} value")
+    for key, value in res.items():
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {v:.3f}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:,.1f}"
+        print(f"{key:32s} {value}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_check.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
