@@ -16,6 +16,10 @@ from selfimprove.errors import UserError
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed (when installed) otherwise warns about it on every run
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
