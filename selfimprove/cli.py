@@ -63,6 +63,8 @@ def cmd_eval(args) -> int:
     source = args.data
     if args.turns == 2:
         return _eval_two_turn(args, engine, tokenizer, examples, rewards)
+    if args.pick:
+        return _eval_best_of_n(args, engine, tokenizer, examples, rewards[0])
     eval_cfg = EvalConfig(n=args.n, reward=rewards[0].name, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature)
     acc, traces = evaluate(engine, tokenizer, examples, rewards, eval_cfg, RewardContext(tokenizer, engine))
@@ -71,6 +73,33 @@ def cmd_eval(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+    if args.traces:
+        dump_jsonl(traces, args.traces)
+    return 0
+
+
+def _eval_best_of_n(args, engine, tokenizer, examples, verifier) -> int:
+    from reward import RewardContext
+    from selfimprove.config import EvalConfig, RewardSpec
+    from selfimprove.evaluate import best_of_n
+    from selfimprove.scoring import build_rewards
+    from selfimprove.trace import dump_jsonl
+
+    if args.k < 2:
+        raise UserError(f"--pick needs --k >= 2 samples per problem, got {args.k}")
+    try:
+        kwargs = json.loads(args.pick_kwargs) if args.pick_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--pick-kwargs is not valid JSON ({e.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise UserError("--pick-kwargs must be a JSON object, e.g. '{\"model\": \"runs/x/judge\"}'")
+    (picker,) = build_rewards([RewardSpec(fn=args.pick, name=f"pick:{args.pick}", kwargs=kwargs)])
+    eval_cfg = EvalConfig(n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature or 1.0)
+    m, traces = best_of_n(engine, tokenizer, examples, verifier, picker, args.k, eval_cfg,
+                          RewardContext(tokenizer, engine))
+    print(f"best-of-{args.k} with {args.pick}: {m['picked']:.1%} (first sample {m['first_sample']:.1%}, "
+          f"mean sample {m['mean_sample']:.1%}, oracle {m['oracle']:.1%}) on {m['problems']} problems")
+    _write_outputs(args, {"model": args.model, "data": args.data, "reward": args.reward, "pick": args.pick, **m})
     if args.traces:
         dump_jsonl(traces, args.traces)
     return 0
@@ -269,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=1, help="samples per problem (two-turn evaluation)")
     e.add_argument("--instruction", default="reask", help="second-turn instruction: reask, score, or any text")
     e.add_argument("--plot", help="two-turn: write the outcome plot (PNG) here")
+    e.add_argument("--pick", help="best-of-k: the reward that picks one of the k samples (judge_model, "
+                                  "reward_model, self_judge, ...); --reward still decides correctness")
+    e.add_argument("--pick-kwargs", help="JSON options of the picker, e.g. '{\"model\": \"runs/x/judge\"}'")
     e.set_defaults(fn=cmd_eval)
     mt = sub.add_parser("metrics", help="self-correction metrics from a traces or outcomes JSONL file")
     mt.add_argument("file")

@@ -34,3 +34,29 @@ def evaluate(engine, tokenizer, examples: list[Example], rewards, eval_cfg, ctx,
     score(traces, rewards, ctx)
     correct = [1.0 if (tr.rewards.get(eval_cfg.reward) or 0.0) >= 0.5 else 0.0 for tr in traces]
     return (sum(correct) / len(correct) if correct else 0.0), traces
+
+
+def best_of_n(engine, tokenizer, examples: list[Example], verifier, picker, k: int, eval_cfg, ctx,
+              max_prompt_tokens: int = 512) -> tuple[dict, list[Trace]]:
+    """Best-of-k with a picker reward (a trained judge, a reward model, the policy's self-judge):
+    k samples per problem, the picker's highest-scored one is the answer; the verifier decides
+    correctness. Reports the pick's accuracy against the first sample (a random pick), the mean
+    sample and the oracle (any of the k correct)."""
+    from selfimprove.scoring import score
+
+    sampling = Sampling(n=k, temperature=eval_cfg.temperature, top_p=1.0, max_new_tokens=eval_cfg.max_new_tokens,
+                        batch_size=eval_cfg.batch_size)
+    prompt_ids = encode_prompts(tokenizer, examples, max_prompt_tokens)
+    traces = make_traces(examples, prompt_ids, engine.generate(prompt_ids, sampling), tokenizer, tag="bon")
+    score(traces, [verifier, picker], ctx)
+    right = [1.0 if (tr.rewards.get(verifier.name) or 0.0) >= 0.5 else 0.0 for tr in traces]
+    picked = first = oracle = 0.0
+    for i in range(0, len(traces), k):
+        group = list(range(i, i + k))
+        best = max(group, key=lambda j: traces[j].rewards.get(picker.name) or float("-inf"))  # ties: the first
+        picked += right[best]
+        first += right[i]
+        oracle += max(right[j] for j in group)
+    n = max(len(examples), 1)
+    return {"k": k, "problems": len(examples), "picked": picked / n, "first_sample": first / n,
+            "mean_sample": sum(right) / max(len(right), 1), "oracle": oracle / n}, traces
