@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -51,8 +52,27 @@ def weights_identical(acc, model) -> bool:
     import hashlib
 
     h = hashlib.sha256()
-    for p in acc.unwrap_model(model).parameters():
-        h.update(p.detach().float().cpu().numpy().tobytes())
+    with whole_parameters(acc, model):
+        for p in acc.unwrap_model(model).parameters():
+            h.update(p.detach().float().cpu().numpy().tobytes())
     digest = torch.tensor([[int.from_bytes(h.digest()[:7], "little")]], dtype=torch.int64, device=acc.device)
     every = acc.gather(digest).reshape(-1)
     return bool((every == every[0]).all())
+
+
+def zero_stage(accelerator) -> int:
+    plugin = accelerator.state.deepspeed_plugin
+    return int(plugin.zero_stage) if plugin is not None else 0
+
+
+@contextmanager
+def whole_parameters(accelerator, model):
+    """ZeRO-3 shards every parameter over the processes; the hf engine (and a checksum of the
+    weights) needs them whole: gather them for the duration (read-only), as TRL does for generation."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(accelerator.unwrap_model(model).parameters()), modifier_rank=None):
+        yield

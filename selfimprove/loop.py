@@ -26,7 +26,8 @@ from selfimprove.errors import UserError
 from selfimprove.evaluate import evaluate, make_traces
 from selfimprove.policy import (add_lora, context_length, frozen_copy, load_model, load_tokenizer,
                                 resolve_model_path)
-from selfimprove.distributed import configure_deepspeed, make_accelerator, weights_identical
+from selfimprove.distributed import (configure_deepspeed, make_accelerator, weights_identical, whole_parameters,
+                                     zero_stage)
 from selfimprove.resume import fault, find_checkpoint, load_policy_weights, restore, rng_state, trim_logs
 from selfimprove.runlog import RunLog, save_checkpoint
 from selfimprove.scoring import build_rewards, score
@@ -248,8 +249,9 @@ def run_eval(state: State, tag: str) -> float:
     acc = state.accelerator
     shard = state.eval_examples[acc.process_index :: acc.num_processes]
     ctx = RewardContext(state.tokenizer, state.engine, state.step)
-    accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
-                                state.recipe.data.max_prompt_tokens)
+    with whole_parameters(acc, state.model):
+        accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
+                                    state.recipe.data.max_prompt_tokens)
     state.eval_traces[tag] = traces  # the main process writes its shard with the run folder
     correct = round(accuracy * len(shard))
     totals = acc.reduce(torch.tensor([correct, len(shard)], dtype=torch.int64, device=acc.device), "sum").tolist()
@@ -281,16 +283,17 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     """One rollout step; returns (metrics, traces)."""
     acc, recipe = state.accelerator, state.recipe
     t0 = time.perf_counter()
-    traces = rollout(state, step)
-    t1 = time.perf_counter()
-    _score_everywhere(state, traces, step)
-    t2 = time.perf_counter()
-    extend = getattr(state.algo, "extend", None)  # multi-turn methods add turns to the scored episode
-    if extend is not None:
-        extend(traces, state.engine, state.tokenizer, sampling_of(recipe.generation), recipe.algorithm)
-        t_ext = time.perf_counter()
+    with whole_parameters(acc, state.model):  # generation and self-judging need whole weights under ZeRO-3
+        traces = rollout(state, step)
+        t1 = time.perf_counter()
         _score_everywhere(state, traces, step)
-        t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
+        t2 = time.perf_counter()
+        extend = getattr(state.algo, "extend", None)  # multi-turn methods add turns to the scored episode
+        if extend is not None:
+            extend(traces, state.engine, state.tokenizer, sampling_of(recipe.generation), recipe.algorithm)
+            t_ext = time.perf_counter()
+            _score_everywhere(state, traces, step)
+            t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
     train_traces = state.algo.prepare(traces, recipe.algorithm)
     ref_lp = reference_logprobs(state, train_traces) if state.ref_model is not None else None
     t3 = time.perf_counter()
@@ -399,8 +402,10 @@ def _checkpoint(state: State, step: int, elapsed: float) -> None:
                      "rng": rng,  # one entry per process: each samples its own share of the prompts
                      "data_position": step * state.recipe.train.prompts_per_step, "elapsed": elapsed,
                      "evals": list(state.evals), "summary": dict(state.summary)}
+    # ZeRO-3: the whole weights, gathered (accelerate's get_state_dict); elsewhere the module's own
+    weights = acc.get_state_dict(state.model) if zero_stage(acc) == 3 else None
     save_checkpoint(state.run, step, acc.unwrap_model(state.model), state.tokenizer, trainer_state,
-                    state.recipe.log.keep_last)
+                    state.recipe.log.keep_last, weights)
     acc.wait_for_everyone()
 
 

@@ -48,7 +48,8 @@ class RunLog:
             os.replace(tmp, self.path / name)
 
 
-def save_checkpoint(run: RunLog, step: int, model, tokenizer, state: dict, keep_last: int) -> Path | None:
+def save_checkpoint(run: RunLog, step: int, model, tokenizer, state: dict, keep_last: int,
+                    weights: dict | None = None) -> Path | None:
     """An HF-format folder (loadable by transformers and vLLM) plus trainer_state.pt, renamed into place."""
     if not run.enabled:
         return None
@@ -59,7 +60,7 @@ def save_checkpoint(run: RunLog, step: int, model, tokenizer, state: dict, keep_
     tmp = ckpt_root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)  # weights: a gathered state dict (ZeRO-3), else the model's
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / "trainer_state.pt")
     from selfimprove.resume import fault
