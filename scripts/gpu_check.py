@@ -3,11 +3,12 @@
 Builds a Qwen2-shaped model with random weights locally (about 0.46B parameters on GPU; a 0.1M-parameter
 one with --dry-run), then measures and prints one table:
   1. bare vLLM generation tokens/s (when vllm imports; else n/a),
-  2. the same prompts through selfimprove's `hf` engine (tokens/s),
+  2. the same prompts through selfimprove's colocated vLLM engine (tokens/s) and its weight push
+     (seconds, median of 3), and through the `hf` engine,
   3. the per-phase split (generate / reward / logprob / update / weight sync, median seconds per step)
-     of a few NFT and SCoRe steps through `selfimprove.loop.run`.
-The engine's weight push is 0 for the `hf` engine (it shares the trainer's model); a vLLM engine row
-will fill it. Random weights almost never emit EOS, so every sample runs to max_new_tokens: the
+     of a few NFT and SCoRe steps through `selfimprove.loop.run`, on the vLLM engine.
+Without vllm the engine rows fall back to the `hf` engine (whose push is a no-op: it shares the
+trainer's model). Random weights almost never emit EOS, so every sample runs to max_new_tokens: the
 figures are throughput at a fixed length. A reward that varies on random text (a letter present or
 not) keeps the update phase busy.
 
@@ -37,8 +38,8 @@ def build_model(out: Path, dry: bool) -> tuple[int, str]:
 
     tok = build_tokenizer(TinySpec())
     tok.chat_template = CHAT_TEMPLATE
-    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128) if dry else
+    shape = (dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=256) if dry else  # head_dim 32: a size vLLM's CPU attention supports
              dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=2,
                   intermediate_size=5504))
     config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
@@ -59,20 +60,36 @@ def prompts_of(tokenizer, n: int) -> list[list[int]]:
     return encode_prompts(tokenizer, arith_train(DataConfig(), n, seed=5), 512)
 
 
-def hf_tokens_per_s(path: str, dtype: str, prompts, n: int, new: int) -> float:
+def engine_measures(path: str, dtype: str, prompts, n: int, new: int, backend: str) -> tuple[float, float]:
+    """(tokens/s, weight-push seconds) through selfimprove's engine: the hf engine, or the colocated
+    vLLM engine fed by a trainer-side copy of the model (the push is the median of 3)."""
+    from selfimprove.config import GenerationConfig
     from selfimprove.engines import Sampling, make_engine
     from selfimprove.policy import load_model, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(path, dtype).to(device)
-    engine = make_engine("hf", model, load_tokenizer(path), seed=0)
+    engine = make_engine(backend, model, load_tokenizer(path), seed=0, gen=GenerationConfig(backend=backend),
+                         model_path=path, dtype=dtype)
     sp = Sampling(n=n, temperature=1.0, max_new_tokens=new, batch_size=4096)
     engine.generate(prompts[:2], Sampling(n=1, max_new_tokens=4))  # warm-up (kernels, allocator)
     t = time.perf_counter()
     out = engine.generate(prompts, sp)
     if device == "cuda":
         torch.cuda.synchronize()
-    return sum(len(s.token_ids) for g in out for s in g) / (time.perf_counter() - t)
+    tokens_per_s = sum(len(s.token_ids) for g in out for s in g) / (time.perf_counter() - t)
+    pushes = []
+    for _ in range(3):
+        t = time.perf_counter()
+        engine.load_weights()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        pushes.append(time.perf_counter() - t)
+    getattr(engine, "close", lambda: None)()
+    del engine, model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return tokens_per_s, sorted(pushes)[1]
 
 
 def vllm_tokens_per_s(path: str, dtype: str, prompts, n: int, new: int):
@@ -80,7 +97,8 @@ def vllm_tokens_per_s(path: str, dtype: str, prompts, n: int, new: int):
         from vllm import LLM, SamplingParams
     except Exception as e:  # not installed on this machine: the row says so
         return f"n/a ({type(e).__name__})"
-    llm = LLM(model=path, dtype=dtype, gpu_memory_utilization=0.3, max_model_len=1024, seed=0)
+    llm = LLM(model=path, dtype=dtype, gpu_memory_utilization=0.3, max_model_len=1024, seed=0,
+              enforce_eager=not torch.cuda.is_available())
     sp = SamplingParams(n=n, temperature=1.0, max_tokens=new, ignore_eos=True, logprobs=0)
     inputs = [{"prompt_token_ids": p} for p in prompts]
     llm.generate(inputs[:2], SamplingParams(max_tokens=4), use_tqdm=False)
@@ -88,14 +106,17 @@ def vllm_tokens_per_s(path: str, dtype: str, prompts, n: int, new: int):
     out = llm.generate(inputs, sp, use_tqdm=False)
     tokens = sum(len(c.token_ids) for o in out for c in o.outputs)
     seconds = time.perf_counter() - t
+    llm.llm_engine.engine_core.shutdown()
     del llm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return tokens / seconds
 
 
 RECIPE = """
 model: {{path: {path}, dtype: {dtype}}}
 data: {{train: arith}}
-generation: {{n: {n}, temperature: 1.0, max_new_tokens: {new}, batch_size: 4096}}
+generation: {{backend: {backend}, n: {n}, temperature: 1.0, max_new_tokens: {new}, batch_size: 4096, max_model_len: 1024}}
 rewards:
   - {{fn: regex_format, kwargs: {{pattern: "(?s).*e.*"}}}}
 algorithm: {{name: {algo}{extra}}}
@@ -104,12 +125,12 @@ log: {{out: {out}, name: {algo}, every: 1, traces_every: 0, save_final: false, p
 """
 
 
-def phases(path: str, dtype: str, algo: str, out: Path, dry: bool) -> dict:
+def phases(path: str, dtype: str, algo: str, out: Path, dry: bool, backend: str) -> dict:
     from selfimprove.config import load_recipe
     from selfimprove.loop import run
 
     extra = ", stage1_steps: 1, instruction: reask" if algo == "score" else ""
-    text = RECIPE.format(path=path, dtype=dtype, n=4 if dry else 8, new=8 if dry else 256, algo=algo,
+    text = RECIPE.format(backend=backend, path=path, dtype=dtype, n=4 if dry else 8, new=8 if dry else 256, algo=algo,
                          extra=extra, steps=3, prompts=4 if dry else 32, micro=8 if dry else 16, out=out)
     out.mkdir(parents=True, exist_ok=True)
     recipe_file = out / f"{algo}.yaml"
@@ -135,11 +156,15 @@ def main() -> int:
     n, new = (4, 16) if args.dry_run else (8, 256)
     res = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "params_M": round(params / 1e6, 1), "dtype": dtype, "prompts": len(prompts), "n": n, "max_new_tokens": new}
-    res["vllm_tokens_per_s"] = vllm_tokens_per_s(str(work / "model"), dtype, prompts, n, new)
-    res["hf_engine_tokens_per_s"] = hf_tokens_per_s(str(work / "model"), dtype, prompts, n, new)
-    res["weight_push_s"] = 0.0  # hf engine: shares the trainer's model
+    model = str(work / "model")
+    res["vllm_tokens_per_s"] = vllm_tokens_per_s(model, dtype, prompts, n, new)
+    backend = "hf" if isinstance(res["vllm_tokens_per_s"], str) else "vllm"
+    res["engine"] = backend  # the engine of the rows below: the colocated vLLM engine where vllm imports
+    res["engine_tokens_per_s"], res["weight_push_s"] = engine_measures(model, dtype, prompts, n, new, backend)
+    res["hf_engine_tokens_per_s"] = (res["engine_tokens_per_s"] if backend == "hf" else
+                                     engine_measures(model, dtype, prompts, n, new, "hf")[0])
     for algo in ("nft", "score"):
-        res[f"{algo}_phases_s"] = phases(str(work / "model"), dtype, algo, work / "runs", args.dry_run)
+        res[f"{algo}_phases_s"] = phases(model, dtype, algo, work / "runs", args.dry_run, backend)
     res["total_s"] = round(time.perf_counter() - t0, 1)
     print(f"gpu_check on {res['device']}: Qwen2-shaped {res['params_M']}M params, {dtype}, "
           f"{len(prompts)} prompts x {n} samples x {new} tokens")

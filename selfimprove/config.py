@@ -56,12 +56,26 @@ class DataConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: str = "hf"  # hf (vllm: a later backend)
+    backend: str = "hf"  # hf | vllm (colocated, one engine per process) | vllm-server (other GPUs)
     n: int = 8  # samples per prompt = one group
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
-    batch_size: int = 512  # sequences per generate call
+    batch_size: int = 512  # sequences per generate call (hf)
+    # engine/trainer mismatch (vllm backends): none | is | tis. With is/tis the trainer recomputes the
+    # old log-probs and every token's loss is weighted by pi_trainer/pi_engine, capped at mismatch_cap for tis
+    mismatch_correction: str = "none"
+    mismatch_cap: float = 2.0
+    # vllm (colocated)
+    gpu_memory_utilization: float = 0.3  # the engine's share of each GPU; the trainer keeps the rest
+    sleep: bool = True  # free the engine's weights and KV cache during the update (GPU only)
+    weight_bucket_mb: int = 512  # the weight push sends buckets of about this size, not one call per tensor
+    max_model_len: int = 0  # 0: the model's context length
+    # vllm-server: a `trl vllm-serve` / `vllm serve` server on other GPUs
+    server_url: str = "http://127.0.0.1:8000"
+    server_timeout: float = 600.0  # seconds for any one call (generate, weight push) before a clear error
+    server_connect_timeout: float = 240.0  # seconds to wait for the server to come up
+    server_group_port: int = 51216  # NCCL rendezvous port of the weight push
 
 
 @dataclass
@@ -250,7 +264,12 @@ def validate(recipe: Recipe) -> None:
         (g.temperature >= 0, "generation.temperature must be >= 0"),
         (0 < g.top_p <= 1, "generation.top_p must be in (0, 1]"),
         (g.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
-        (g.backend == "hf", f"generation.backend '{g.backend}' is not available (hf)"),
+        (g.backend in ("hf", "vllm", "vllm-server"), f"generation.backend '{g.backend}' is not one of hf, vllm, vllm-server"),
+        (g.mismatch_correction in ("none", "is", "tis"), "generation.mismatch_correction must be none, is or tis"),
+        (g.mismatch_cap >= 1, "generation.mismatch_cap must be >= 1"),
+        (0 < g.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization must be in (0, 1]"),
+        (g.weight_bucket_mb >= 1 and g.max_model_len >= 0, "generation.weight_bucket_mb must be >= 1 and max_model_len >= 0"),
+        (g.server_timeout > 0 and g.server_connect_timeout >= 0, "generation.server_timeout must be > 0"),
         (recipe.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
         (len(recipe.rewards) >= 1, "rewards: at least one reward is needed"),
         (recipe.eval.n >= 1, "eval.n must be >= 1"),

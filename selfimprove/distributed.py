@@ -47,17 +47,28 @@ def configure_deepspeed(accelerator, train_cfg) -> None:
 
 
 
-def weights_identical(acc, model) -> bool:
-    """Every process holds bit-identical weights (a data-parallel sanity check, logged in the summary)."""
+def weights_digest(model) -> str:
+    """sha256 over the weights as the engines receive them: buckets of whole tensors (gathered
+    bucket by bucket under ZeRO-3, so this also exercises the weight push's gathering)."""
     import hashlib
 
+    from selfimprove.engines.weights import weight_buckets
+
     h = hashlib.sha256()
-    with whole_parameters(acc, model):
-        for p in acc.unwrap_model(model).parameters():
-            h.update(p.detach().float().cpu().numpy().tobytes())
-    digest = torch.tensor([[int.from_bytes(h.digest()[:7], "little")]], dtype=torch.int64, device=acc.device)
-    every = acc.gather(digest).reshape(-1)
-    return bool((every == every[0]).all())
+    for bucket in weight_buckets(model, 1 << 16):
+        for name, t in bucket:
+            h.update(name.encode())
+            h.update(t.float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_identical(acc, model) -> tuple[bool, str]:
+    """Every process holds bit-identical weights (a data-parallel sanity check, logged in the
+    summary with the digest)."""
+    digest = weights_digest(acc.unwrap_model(model))
+    mine = torch.tensor([[int(digest[:14], 16)]], dtype=torch.int64, device=acc.device)
+    every = acc.gather(mine).reshape(-1)
+    return bool((every == every[0]).all()), digest
 
 
 def zero_stage(accelerator) -> int:

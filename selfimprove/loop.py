@@ -137,7 +137,11 @@ def setup(recipe, log=print) -> State:
     if ref_model is not None and not recipe.model.lora_r:
         ref_model = ref_model.to(accelerator.device)
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
-                         seed=recipe.seed * 1000 + accelerator.process_index)
+                         seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
+                         model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
+                         lora_r=recipe.model.lora_r)
+    if resume_from is not None:  # a vLLM engine loaded the starting checkpoint: give it the resumed weights
+        engine.load_weights()
     random.Random(recipe.seed).shuffle(train_examples)
     return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
                  train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process),
@@ -181,7 +185,35 @@ def reference_logprobs(state: State, traces) -> list[list[float]]:
     return out
 
 
-def update(state: State, traces, ref_lp) -> dict:
+def policy_logprobs(state: State, traces) -> list[list[float]]:
+    """The trainer's own log-probs of the sampled tokens, before the update (no gradient)."""
+    out = []
+    for chunk in micro_batches(traces, state.recipe.train.micro_batch_size):
+        batch = collate(chunk, state.tokenizer.pad_token_id, device=state.accelerator.device)
+        with torch.no_grad():
+            out.extend(token_logprobs(state.model, batch).cpu().tolist())
+    return out
+
+
+def mismatch_weights(batch, trainer_lp: torch.Tensor, mode: str, cap: float) -> tuple[torch.Tensor, dict]:
+    """Engine/trainer mismatch correction: the samples came from the engine's pi_engine, the loss
+    is built on the trainer's pi_old. The trainer's log-probs become old_logp (so the ratio compares
+    the trainer with itself) and each token is weighted by w = pi_old / pi_engine, truncated at
+    `cap` for `tis` (Yao et al. 2025, "truncated importance sampling": min(w, C))."""
+    mask = batch["mask"]
+    log_w = (trainer_lp - batch["old_logp"]) * mask
+    w = torch.exp(log_w)
+    clipped = (w > cap) & (mask > 0)
+    if mode == "tis":
+        w = w.clamp(max=cap)
+    batch["old_logp"] = trainer_lp
+    n = mask.sum().clamp(min=1)
+    stats = {"mismatch/is_weight_mean": float((w * mask).sum() / n), "mismatch/clipped_frac": float(clipped.sum() / n),
+             "mismatch/abs_log_ratio": float(log_w.abs().sum() / n)}
+    return w * mask, stats
+
+
+def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
     """mini_batches optimizer steps over the traces; gradient accumulation over micro-batches."""
     recipe, acc, model = state.recipe, state.accelerator, state.model
     cfg, t = recipe.algorithm, recipe.train
@@ -217,8 +249,17 @@ def update(state: State, traces, ref_lp) -> dict:
                 batch = collate([traces[i] for i in mb], state.tokenizer.pad_token_id, meta_keys, acc.device)
                 if ref_lp is not None:
                     batch["ref_logp"] = _pad_rows([ref_lp[i] for i in mb], batch["mask"].shape[1], acc.device)
+                weight = None
+                if trainer_lp is not None:
+                    weight, mm = mismatch_weights(batch, _pad_rows([trainer_lp[i] for i in mb], batch["mask"].shape[1],
+                                                                   acc.device), recipe.generation.mismatch_correction,
+                                                  recipe.generation.mismatch_cap)
+                    for key, v in mm.items():
+                        extra.setdefault(key, []).append(v)
                 logp = token_logprobs(model, batch)
                 tok, metrics = state.algo.loss(batch, logp, cfg)
+                if weight is not None:
+                    tok = tok * weight
                 loss = aggregate(tok, batch["mask"], agg_mode, counts[0].item(), counts[1].item(),
                                  recipe.generation.max_new_tokens, getattr(cfg, "loss_constant", 1000.0))
                 acc.backward(loss * world)  # DDP averages gradients over processes; the sum is wanted
@@ -244,12 +285,19 @@ def _pad_rows(rows, width: int, device) -> torch.Tensor:
     return out.to(device)
 
 
+def engine_weights(state: State):
+    """The hf engine samples from the trainer's module, whose weights ZeRO-3 shards: gather them for
+    generation and self-judging. vLLM engines hold their own copy."""
+    hf = state.recipe.generation.backend == "hf"
+    return whole_parameters(state.accelerator, state.model) if hf else nullcontext()
+
+
 def run_eval(state: State, tag: str) -> float:
     """Accuracy on the eval set; each process scores a shard, the counts are summed."""
     acc = state.accelerator
     shard = state.eval_examples[acc.process_index :: acc.num_processes]
     ctx = RewardContext(state.tokenizer, state.engine, state.step)
-    with whole_parameters(acc, state.model):
+    with engine_weights(state):
         accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
                                     state.recipe.data.max_prompt_tokens)
     state.eval_traces[tag] = traces  # the main process writes its shard with the run folder
@@ -283,7 +331,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     """One rollout step; returns (metrics, traces)."""
     acc, recipe = state.accelerator, state.recipe
     t0 = time.perf_counter()
-    with whole_parameters(acc, state.model):  # generation and self-judging need whole weights under ZeRO-3
+    with engine_weights(state):
         traces = rollout(state, step)
         t1 = time.perf_counter()
         _score_everywhere(state, traces, step)
@@ -295,11 +343,14 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
             _score_everywhere(state, traces, step)
             t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
     train_traces = state.algo.prepare(traces, recipe.algorithm)
+    state.engine.sleep()  # a vLLM engine frees its memory for the update (GPU)
     ref_lp = reference_logprobs(state, train_traces) if state.ref_model is not None else None
+    correct = recipe.generation.mismatch_correction != "none"
+    trainer_lp = policy_logprobs(state, train_traces) if correct else None
     t3 = time.perf_counter()
-    stats = update(state, train_traces, ref_lp)
+    stats = update(state, train_traces, ref_lp, trainer_lp)
     t4 = time.perf_counter()
-    state.engine.load_weights()  # the HF engine shares the model; other backends receive the new weights
+    state.engine.load_weights()  # the HF engine shares the model; vLLM engines receive the new weights
     t5 = time.perf_counter()
 
     gen_tokens = sum(len(t.token_ids) for tr in traces for t in tr.turns if t.trainable)
@@ -385,9 +436,10 @@ def run(recipe, log=print) -> dict:
             summary[f"eval_rewards_{tag}"] = state.eval_means[tag]
     if acc.num_processes > 1:
         summary["processes"] = acc.num_processes
-        summary["ranks_weights_identical"] = weights_identical(state.accelerator, state.model)
+        summary["ranks_weights_identical"], summary["weights_sha256"] = weights_identical(acc, state.model)
     _finish(state, summary, evals, log)
     acc.wait_for_everyone()
+    getattr(state.engine, "close", lambda: None)()
     acc.end_training()  # tear the process group down before exit (gloo aborts at exit otherwise)
     return summary
 

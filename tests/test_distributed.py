@@ -102,3 +102,10 @@ def test_deepspeed_zero_trains_in_two_cpu_processes_like_one_process(tmp_path, m
 
     ckpt = load_file(str(tmp_path / "runs" / "zero" / "checkpoints" / "step-000004" / "model.safetensors"))
     assert ckpt["model.embed_tokens.weight"].shape[0] > 300  # whole tensors, not a process's shard
+    # the digest is taken over weight-push buckets (gathered one by one under ZeRO-3): they hold
+    # exactly the final weights
+    from selfimprove.distributed import weights_digest
+    from selfimprove.policy import load_model
+
+    final = load_model(str(tmp_path / "runs" / "zero" / "checkpoints" / "step-000004"), "float32")
+    assert summary["weights_sha256"] == weights_digest(final)
