@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 from selfimprove.engines import Sample, Sampling
 from selfimprove.engines.weights import weight_buckets
@@ -175,11 +176,13 @@ class VLLMServerEngine:
             raise UserError("vllm-server with LoRA: the server holds merged weights; use generation.backend=vllm "
                             "(adapter-only push) or train without model.lora_r")
         self._ensure_communicator()
-        for bucket in weight_buckets(self.model, self.bucket_bytes):
-            if self.client is not None:
-                meta = [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in bucket]
-                with_deadline(lambda m=meta, b=bucket: self.client.update_named_params(m, iter(b)), self.timeout,
-                              f"pushing {len(bucket)} tensors to {self.url}")
+        # one weight update on the server (prepared once, finalised once), one broadcast per bucket
+        with self.client.weight_update() if self.client is not None else nullcontext():
+            for bucket in weight_buckets(self.model, self.bucket_bytes):
+                if self.client is not None:
+                    meta = [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in bucket]
+                    with_deadline(lambda m=meta, b=bucket: self.client.update_named_params(m, iter(b)),
+                                  self.timeout, f"pushing {len(bucket)} tensors to {self.url}")
         if self.client is not None:
             self._post("/reset_prefix_cache", {})
         self.acc.wait_for_everyone()
