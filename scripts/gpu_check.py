@@ -1,6 +1,6 @@
 """One prepared GPU measurement (issue 5, item 7), and its CPU dry run.
 
-Builds a Qwen2-shaped model with random weights locally (about 0.46B parameters on GPU; a 0.1M-parameter
+Builds a Qwen2-shaped model with random weights locally (about 0.46B parameters on GPU; a 0.3M-parameter
 one with --dry-run), then measures and prints one table:
   1. bare vLLM generation tokens/s (when vllm imports; else n/a),
   2. the same prompts through selfimprove's colocated vLLM engine (tokens/s) and its weight push
@@ -143,7 +143,7 @@ def phases(path: str, dtype: str, algo: str, out: Path, dry: bool, backend: str)
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dry-run", action="store_true", help="a 0.1M-parameter model, few tokens: checks the script on CPU")
+    ap.add_argument("--dry-run", action="store_true", help="a 0.3M-parameter model, few tokens: checks the script on CPU")
     ap.add_argument("--out", default=None, help="write results.json here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -3,7 +3,7 @@
 # is installed), selfimprove's engine tokens/s, weight-push seconds and the per-phase split of a few
 # NFT and SCoRe steps on a ~0.46B Qwen2-shaped random model; prints one table, writes $OUT/gpu_check.json.
 #   bash scripts/gpu_check.sh            # on the GPU machine (about 3-5 minutes)
-#   bash scripts/gpu_check.sh --dry-run  # CPU: a 0.1M-parameter model, checks the script (tests run it)
+#   bash scripts/gpu_check.sh --dry-run  # CPU: a 0.3M-parameter model, checks the script (tests run it)
 # Missing pure-Python dependencies are installed from wheels/ when that folder exists
 # (pip download them here and carry the folder along).
 set -euo pipefail

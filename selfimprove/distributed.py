@@ -47,6 +47,28 @@ def configure_deepspeed(accelerator, train_cfg) -> None:
 
 
 
+def offloads_optimizer(accelerator) -> bool:
+    """A DeepSpeed profile with offload_optimizer_device: cpu | nvme (ZeRO-Offload)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return False
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    return str(zero.get("offload_optimizer", {}).get("device", "none")).lower() in ("cpu", "nvme")
+
+
+def make_optimizer(params, train_cfg, accelerator):
+    """AdamW; under ZeRO-Offload DeepSpeed's CPU Adam (the optimizer states live in CPU memory, and
+    DeepSpeed refuses a torch optimizer there by default: a per-tensor CPU step is several times slower)."""
+    t = train_cfg
+    kwargs = dict(lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+    if offloads_optimizer(accelerator):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    # the fused kernel: one pass over all parameters (5x faster than the per-tensor loop on CPU)
+    return torch.optim.AdamW(params, fused=accelerator.device.type in ("cpu", "cuda"), **kwargs)
+
+
 def weights_digest(model) -> str:
     """sha256 over the weights as the engines receive them: buckets of whole tensors (gathered
     bucket by bucket under ZeRO-3, so this also exercises the weight push's gathering)."""
