@@ -29,7 +29,7 @@ from selfimprove.policy import (add_lora, context_length, frozen_copy, load_mode
 from selfimprove.distributed import (configure_deepspeed, make_accelerator, make_optimizer, weights_identical, whole_parameters,
                                      zero_stage)
 from selfimprove.resume import fault, find_checkpoint, load_policy_weights, restore, rng_state, trim_logs
-from selfimprove.runlog import RunLog, save_checkpoint
+from selfimprove.runlog import RunLog, checkpoint_tmp, save_checkpoint
 from selfimprove.scoring import build_rewards, score
 from selfimprove.trace import dump_jsonl
 
@@ -123,7 +123,9 @@ def setup(recipe, log=print) -> State:
     # with LoRA the reference is the same model with its adapters switched off: no second copy
     ref_model = (model if recipe.model.lora_r else frozen_copy(model)) if needs_ref else None
     resume_from = find_checkpoint(recipe)
-    if resume_from is not None:  # after the reference copy: the reference stays the starting model
+    # after the reference copy: the reference stays the starting model. Under ZeRO-3 the parameters
+    # are already partitioned here; DeepSpeed's own checkpoint restores them in _resume
+    if resume_from is not None and zero_stage(accelerator) != 3:
         load_policy_weights(model, resume_from, bool(recipe.model.lora_r))
 
     t = recipe.train
@@ -138,8 +140,6 @@ def setup(recipe, log=print) -> State:
                          seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
                          model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
                          lora_r=recipe.model.lora_r)
-    if resume_from is not None:  # a vLLM engine loaded the starting checkpoint: give it the resumed weights
-        engine.load_weights()
     random.Random(recipe.seed).shuffle(train_examples)
     return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
                  train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process),
@@ -172,25 +172,37 @@ def rollout(state: State, step: int):
                        tag=f"s{step}-r{state.accelerator.process_index}", version=step)
 
 
+def _forward_logprobs(state: State, module, traces, context=nullcontext) -> list[list[float]]:
+    """No-grad log-probs of the trainable tokens, per trace. `module` is never the DDP wrapper (its
+    forward broadcasts buffers: a collective, and processes hold different numbers of traces);
+    under ZeRO-3 every forward gathers parameters collectively, so all processes run as many
+    micro-batches (padded with a one-token forward)."""
+    acc, out = state.accelerator, []
+    chunks = micro_batches(traces, state.recipe.train.micro_batch_size)
+    if zero_stage(acc) == 3 and acc.num_processes > 1:
+        most = int(acc.reduce(torch.tensor([len(chunks)], device=acc.device), "max").item())
+        chunks += [[]] * (most - len(chunks))
+    for chunk in chunks:
+        with torch.no_grad(), context():
+            if not chunk:
+                module(input_ids=torch.tensor([[state.tokenizer.pad_token_id]], device=acc.device))
+                continue
+            batch = collate(chunk, state.tokenizer.pad_token_id, device=acc.device)
+            out.extend(token_logprobs(module, batch).cpu().tolist())
+    return out
+
+
 def reference_logprobs(state: State, traces) -> list[list[float]]:
     """Reference-model log-probs of the trainable tokens, stored per trace for collation."""
-    out, ref = [], state.ref_model
-    adapters_off = ref.disable_adapter if state.recipe.model.lora_r else nullcontext
-    for chunk in micro_batches(traces, state.recipe.train.micro_batch_size):
-        batch = collate(chunk, state.tokenizer.pad_token_id, device=state.accelerator.device)
-        with torch.no_grad(), adapters_off():
-            out.extend(token_logprobs(ref, batch).cpu().tolist())
-    return out
+    lora = state.recipe.model.lora_r
+    # with LoRA the reference is the policy with its adapters switched off
+    module = state.accelerator.unwrap_model(state.model) if lora else state.ref_model
+    return _forward_logprobs(state, module, traces, module.disable_adapter if lora else nullcontext)
 
 
 def policy_logprobs(state: State, traces) -> list[list[float]]:
     """The trainer's own log-probs of the sampled tokens, before the update (no gradient)."""
-    out = []
-    for chunk in micro_batches(traces, state.recipe.train.micro_batch_size):
-        batch = collate(chunk, state.tokenizer.pad_token_id, device=state.accelerator.device)
-        with torch.no_grad():
-            out.extend(token_logprobs(state.model, batch).cpu().tolist())
-    return out
+    return _forward_logprobs(state, state.accelerator.unwrap_model(state.model), traces)
 
 
 def mismatch_weights(batch, trainer_lp: torch.Tensor, mode: str, cap: float) -> tuple[torch.Tensor, dict]:
@@ -448,10 +460,21 @@ def _checkpoint(state: State, step: int, elapsed: float) -> None:
     acc = state.accelerator
     acc.wait_for_everyone()
     rng = gather_object([rng_state(state.engine)]) if acc.num_processes > 1 else [rng_state(state.engine)]
-    trainer_state = {"step": step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+    deepspeed = acc.state.deepspeed_plugin is not None
+    trainer_state = {"step": step, "optimizer": None if deepspeed else state.optimizer.state_dict(),
+                     "scheduler": state.scheduler.state_dict(),
                      "rng": rng,  # one entry per process: each samples its own share of the prompts
                      "data_position": step * state.recipe.train.prompts_per_step, "elapsed": elapsed,
                      "evals": list(state.evals), "summary": dict(state.summary)}
+    if deepspeed:
+        # ZeRO shards the optimizer state: every process writes its own partition through DeepSpeed's
+        # own checkpointing, into the not-yet-renamed folder (the rename below makes it whole)
+        from accelerate.utils import broadcast_object_list
+
+        tmp = [str(checkpoint_tmp(state.run, step))]
+        broadcast_object_list(tmp, from_process=0)  # the main process's folder (names may hold a time)
+        state.model.save_checkpoint(tmp[0] + "/deepspeed", tag="state", save_latest=False)
+        acc.wait_for_everyone()
     # ZeRO-3: the whole weights, gathered (accelerate's get_state_dict); elsewhere the module's own
     weights = acc.get_state_dict(state.model) if zero_stage(acc) == 3 else None
     save_checkpoint(state.run, step, acc.unwrap_model(state.model), state.tokenizer, trainer_state,
@@ -462,6 +485,7 @@ def _checkpoint(state: State, step: int, elapsed: float) -> None:
 def _resume(state: State, log) -> int:
     """Continue from state.resume_from: optimizer, scheduler, RNG, logs, evaluations so far."""
     ts = restore(state, state.resume_from)
+    state.engine.load_weights()  # a vLLM engine loaded the starting checkpoint: give it the resumed weights
     state.elapsed = ts["elapsed"]
     state.evals.extend(tuple(e) for e in ts["evals"])
     state.summary.update(ts["summary"])

@@ -80,7 +80,15 @@ def set_rng_state(engine, rng: dict) -> None:
 def restore(state, ckpt: Path) -> dict:
     """Optimizer, scheduler and this process's RNG from the checkpoint; returns the trainer state."""
     ts = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-    state.optimizer.load_state_dict(ts["optimizer"])
+    if (ckpt / "deepspeed").is_dir():  # DeepSpeed: each process loads its own optimizer partition
+        if state.accelerator.state.deepspeed_plugin is None:
+            raise UserError(f"train.resume: {ckpt} was saved under DeepSpeed; resume it with the same DeepSpeed profile")
+        state.model.load_checkpoint(str(ckpt / "deepspeed"), tag="state", load_optimizer_states=True,
+                                    load_lr_scheduler_states=False)
+    elif ts["optimizer"] is None or state.accelerator.state.deepspeed_plugin is not None:
+        raise UserError(f"train.resume: {ckpt} and this run differ in DeepSpeed use; resume with the profile it was saved with")
+    else:
+        state.optimizer.load_state_dict(ts["optimizer"])
     state.scheduler.load_state_dict(ts["scheduler"])
     ranks = ts["rng"]
     rank = state.accelerator.process_index

@@ -48,9 +48,21 @@ class RunLog:
             os.replace(tmp, self.path / name)
 
 
+def checkpoint_tmp(run: RunLog, step: int) -> Path:
+    """The hidden folder a checkpoint is written into before the rename (created fresh by the main
+    process; other processes may add their own files to it, e.g. DeepSpeed's optimizer partitions)."""
+    tmp = run.path / "checkpoints" / f".step-{step:06d}.tmp"
+    if run.enabled:
+        run.ensure()
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
 def save_checkpoint(run: RunLog, step: int, model, tokenizer, state: dict, keep_last: int,
                     weights: dict | None = None) -> Path | None:
-    """An HF-format folder (loadable by transformers and vLLM) plus trainer_state.pt, renamed into place."""
+    """An HF-format folder (loadable by transformers and vLLM) plus trainer_state.pt, renamed into place
+    (into the folder `checkpoint_tmp` made, which may already hold other processes' files)."""
     if not run.enabled:
         return None
     import torch
@@ -58,8 +70,8 @@ def save_checkpoint(run: RunLog, step: int, model, tokenizer, state: dict, keep_
     ckpt_root = run.ensure() / "checkpoints"
     final = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if not tmp.is_dir():
+        tmp.mkdir(parents=True)
     model.save_pretrained(tmp, state_dict=weights)  # weights: a gathered state dict (ZeRO-3), else the model's
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / "trainer_state.pt")
