@@ -29,6 +29,7 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target: str = "all-linear"  # PEFT target_modules: "all-linear" or comma-separated module names
+    quantize: str = "none"  # none | 4bit | 8bit: QLoRA, the frozen base in bitsandbytes NF4/int8 (needs lora_r, CUDA)
 
 
 @dataclass
@@ -281,6 +282,9 @@ def validate(recipe: Recipe) -> None:
         (recipe.log.traces_every >= 0 and recipe.log.save_every >= 0, "log.traces_every and log.save_every must be >= 0"),
         (t.threads >= 0, "train.threads must be >= 0"),
         (recipe.model.lora_r >= 0 and recipe.model.lora_alpha > 0, "model.lora_r must be >= 0 and model.lora_alpha > 0"),
+        (recipe.model.quantize in ("none", "4bit", "8bit"), "model.quantize must be none, 4bit or 8bit"),
+        (recipe.model.quantize == "none" or recipe.model.lora_r > 0,
+         f"model.quantize={recipe.model.quantize} (QLoRA) trains LoRA adapters on the frozen quantized base: set model.lora_r"),
         (t.max_seconds >= 0 and t.warmup_steps >= 0, "train.max_seconds and train.warmup_steps must be >= 0"),
         (bool(recipe.data.ops) and set(recipe.data.ops) <= set("+-*"), "data.ops must be a non-empty mix of + - *"),
         (1 <= recipe.data.min_operand <= recipe.data.max_operand, "data.min_operand must be >= 1 and <= data.max_operand"),

@@ -24,7 +24,7 @@ from selfimprove.data import SYNTHETIC_TASKS, encode_prompts, load_examples, req
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluate import evaluate, make_traces
-from selfimprove.policy import (add_lora, context_length, frozen_copy, load_model, load_tokenizer,
+from selfimprove.policy import (add_lora, context_length, frozen_copy, load_model, load_quantized, load_tokenizer,
                                 resolve_model_path)
 from selfimprove.distributed import (configure_deepspeed, make_accelerator, make_optimizer, weights_identical, whole_parameters,
                                      zero_stage)
@@ -104,7 +104,10 @@ def setup(recipe, log=print) -> State:
 
     path = resolve_model_path(recipe.model.path, log=log if accelerator.is_main_process else (lambda *a: None))
     tokenizer = load_tokenizer(path)
-    model = load_model(path, "float32")  # master weights; model.dtype sets the autocast precision
+    if recipe.model.quantize != "none":  # QLoRA: a frozen quantized base, LoRA adapters train
+        model = load_quantized(path, recipe.model)
+    else:
+        model = load_model(path, "float32")  # master weights; model.dtype sets the autocast precision
     ctx_len = context_length(model)
     # synthetic tasks are uniform: a sample of prompts stands for all; user data is checked whole
     sample = train_examples[:2000] if d.train in SYNTHETIC_TASKS else train_examples

@@ -59,6 +59,32 @@ def load_model(path: str, dtype: str = "float32"):
     return model
 
 
+def load_quantized(path: str, cfg):
+    """QLoRA's base model (Dettmers et al. 2023): weights in bitsandbytes NF4 (double quantization)
+    or int8, computed in bf16, prepared for k-bit training by PEFT; LoRA adapters then train on top."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError(f"model.quantize={cfg.quantize} needs bitsandbytes: pip install bitsandbytes") from None
+    if not torch.cuda.is_available():
+        raise UserError(f"model.quantize={cfg.quantize} needs a CUDA GPU (bitsandbytes' quantized kernels)")
+    compute = DTYPES[cfg.dtype] if cfg.dtype != "float32" else torch.bfloat16
+    bnb = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute) if cfg.quantize == "4bit"
+           else BitsAndBytesConfig(load_in_8bit=True))
+    from peft import prepare_model_for_kbit_training
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=compute,
+                                                     device_map={"": torch.cuda.current_device()})
+    except OSError as e:
+        raise UserError(f"model: cannot load {path}: {str(e).splitlines()[0]}") from None
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+
+
 def context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 1 << 30))
 

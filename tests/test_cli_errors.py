@@ -55,6 +55,11 @@ CASES = [
     (dict(reward="tests.test_cli_errors:bad_reward_nan"), [], r"returned nan for completion 0"),
     (dict(), ["data.max_prompt_tokens=3"], r"has \d+ tokens, more than data.max_prompt_tokens=3"),
     (dict(), ["generation.max_new_tokens=5000"], r"exceeds the model's context of 256 tokens"),
+    (dict(), ["model.quantize=4bit"], r"model.quantize=4bit \(QLoRA\) trains LoRA adapters .*: set model.lora_r"),
+    (dict(), ["model.quantize=4bit", "model.lora_r=8"],  # this machine: no bitsandbytes, no GPU
+     r"model.quantize=4bit needs (bitsandbytes: pip install bitsandbytes|a CUDA GPU)"),
+    (dict(), ["generation.backend=vllm"], r"generation.backend=vllm needs vLLM: pip install 'selfimprove\[vllm\]'"),
+    (dict(), ["generation.mismatch_correction=clip"], r"generation.mismatch_correction must be none, is or tis"),
 ]
 
 
