@@ -13,6 +13,8 @@ import functools
 import re
 from fractions import Fraction
 
+from math_verify import parse, verify
+
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*:?\s*(?:the final answer is)?\s*(.+)", re.IGNORECASE)
 _HASH = re.compile(r"####\s*(.+)")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -61,8 +63,6 @@ def _as_number(s: str) -> Fraction | None:
 @functools.lru_cache(maxsize=65536)
 def _parsed(s: str):
     """math-verify's parse (tens of ms per call), cached: the same wrong replies recur across samples."""
-    from math_verify import parse
-
     # math-verify reads LaTeX inside $...$ (or \boxed); wrap bare answers so both sides parse alike
     return parse(s if "$" in s or "\\boxed" in s else f"${s}$")
 
@@ -73,8 +73,6 @@ def is_equivalent(pred: str, gold: str) -> bool:
         return a == b
     if not pred.strip() or (b is not None and not any(c.isdigit() for c in pred)):
         return False  # nothing to compare, or a numeric reference and a reply without a single digit
-    from math_verify import verify
-
     try:
         return bool(verify(_parsed(gold), _parsed(pred)))
     except Exception:  # math-verify can fail on malformed LaTeX: that answer is simply not correct

@@ -14,7 +14,11 @@ from __future__ import annotations
 import functools
 import math
 
+import torch
+from transformers import AutoModelForSequenceClassification
+
 from selfimprove.errors import UserError
+from selfimprove.hub import load_tokenizer, model_source
 
 NORMALIZE = ("none", "sigmoid")
 
@@ -27,8 +31,6 @@ def encode(tokenizer, prompt: list[dict], completion: str) -> list[int]:
 
 def score_ids(model, pad_id: int, rows: list[list[int]], batch_size: int = 64) -> list[float]:
     """Scalar scores of token-id rows, in order; rows are right-padded per batch (longest first: less padding)."""
-    import torch
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -54,13 +56,8 @@ def score_ids(model, pad_id: int, rows: list[list[int]], batch_size: int = 64) -
 @functools.lru_cache(maxsize=4)
 def load_reward_model(path: str):
     """(model, tokenizer) of a saved RM, loaded once per path and process (rewards run every step)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from selfimprove.policy import load_tokenizer, resolve_model_path
-
-    local = resolve_model_path(path)  # a missing folder is a UserError naming it
-    tokenizer = load_tokenizer(local)
+    local = model_source(path, "reward_model")  # a missing folder is a UserError naming it
+    tokenizer = load_tokenizer(local, "reward_model")
     on_gpu = torch.cuda.is_available()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(

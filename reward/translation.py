@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import re
 
+from sacrebleu.metrics import CHRF
+
 from selfimprove.errors import UserError
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -29,8 +31,6 @@ def answer_text(text: str, extract: str = "none") -> str | None:
 def chrf(traces, ctx=None, extract: str = "none", normalize: bool = True) -> list[float | None]:
     """Sentence chrF (chrF2, sacrebleu's defaults) of each completion against trace.answer; /100 when
     normalize. None for traces without a reference (training prompts of reference-free tasks)."""
-    from sacrebleu.metrics import CHRF
-
     metric, out = CHRF(), []
     for tr in traces:
         if tr.answer is None:

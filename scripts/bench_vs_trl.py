@@ -20,17 +20,30 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.utils import logging as hf_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reward.math import extract_answer, is_equivalent  # noqa: E402
+from selfimprove.algorithms import grpo  # noqa: E402
+from selfimprove.config import DataConfig, Recipe, RewardSpec  # noqa: E402
+from selfimprove.data import load_examples  # noqa: E402
+from selfimprove.loop import run  # noqa: E402
+from selfimprove.tiny.model import ensure_tiny  # noqa: E402
 
 PROMPTS, N, NEW_TOKENS, LR = 8, 8, 16, 1e-5
 
 
 def run_ours(args) -> dict:
-    from selfimprove.config import Recipe, RewardSpec
-    from selfimprove.algorithms.grpo import Config as GRPOConfig
-    from selfimprove.loop import run
-
     r = Recipe()
-    r.algorithm = GRPOConfig(kl_coef=0.0, loss_agg="token-mean")
+    r.model.path, r.data.train = "tiny", "arith"
+    r.algorithm = grpo.Config(kl_coef=0.0, loss_agg="token-mean")
     r.rewards = [RewardSpec(fn="math_correct")]
     r.generation.n, r.generation.max_new_tokens, r.generation.temperature = N, NEW_TOKENS, 1.0
     r.train.steps, r.train.prompts_per_step, r.train.micro_batch_size = args.steps, PROMPTS, PROMPTS * N
@@ -38,27 +51,17 @@ def run_ours(args) -> dict:
     r.log.out, r.log.name, r.log.progress, r.log.save_final, r.log.traces_every = tempfile.mkdtemp(), "bench", False, False, 0
     r.source = "bench"
     summary = run(r, log=lambda *a: None)
-    import json as _json
-
-    rows = [_json.loads(line) for line in open(os.path.join(summary["run_dir"], "metrics.jsonl"))]
+    rows = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "metrics.jsonl"))]
     return {"step_s": [row["time/step"] for row in rows],
             "phases": {k: statistics.median(row[k] for row in rows) for k in rows[0] if k.startswith("time/")}}
 
 
 def run_trl(args) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from reward.math import extract_answer, is_equivalent
-    from selfimprove.config import DataConfig
-    from selfimprove.data import arith_train
-    from selfimprove.tiny import ensure_tiny
 
     torch.set_num_threads(args.threads)
     path = str(ensure_tiny())
-    examples = arith_train(DataConfig(), PROMPTS * (args.steps + 2), seed=0)
+    examples = load_examples("arith", DataConfig(), "train", n_train=PROMPTS * (args.steps + 2), seed=0)
     ds = Dataset.from_list([{"prompt": ex.prompt, "answer": ex.answer} for ex in examples])
 
     def math_correct(prompts, completions, answer, **kw):
@@ -86,11 +89,7 @@ def run_trl(args) -> dict:
 
 
 def child(which: str, args) -> None:
-    import warnings
-
     warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     result = run_ours(args) if which == "ours" else run_trl(args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -106,8 +105,6 @@ def main() -> None:
     if args.only:
         child(args.only, args)
         return
-    from selfimprove.tiny import ensure_tiny
-
     ensure_tiny()  # build outside the timed runs
     results = {}
     for which in ("ours", "trl"):

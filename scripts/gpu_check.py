@@ -26,16 +26,21 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from selfimprove.config import DataConfig, GenerationConfig  # noqa: E402
+from selfimprove.data import encode_prompts, load_examples  # noqa: E402
+from selfimprove.engines import Sampling, make_engine  # noqa: E402
+from selfimprove.loop import run  # noqa: E402
+from selfimprove.policy import load_model, load_tokenizer  # noqa: E402
+from selfimprove.recipe import load_recipe  # noqa: E402
+from selfimprove.tiny.model import CHAT_TEMPLATE, TinySpec, build_tokenizer  # noqa: E402
+
 
 def build_model(out: Path, dry: bool) -> tuple[int, str]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from selfimprove.tiny import CHAT_TEMPLATE, TinySpec, build_tokenizer
-
     tok = build_tokenizer(TinySpec())
     tok.chat_template = CHAT_TEMPLATE
     shape = (dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -54,19 +59,12 @@ def build_model(out: Path, dry: bool) -> tuple[int, str]:
 
 
 def prompts_of(tokenizer, n: int) -> list[list[int]]:
-    from selfimprove.config import DataConfig
-    from selfimprove.data import arith_train, encode_prompts
-
-    return encode_prompts(tokenizer, arith_train(DataConfig(), n, seed=5), 512)
+    return encode_prompts(tokenizer, load_examples("arith", DataConfig(), "train", n_train=n, seed=5), 512)
 
 
 def engine_measures(path: str, dtype: str, prompts, n: int, new: int, backend: str) -> tuple[float, float]:
     """(tokens/s, weight-push seconds) through selfimprove's engine: the hf engine, or the colocated
     vLLM engine fed by a trainer-side copy of the model (the push is the median of 3)."""
-    from selfimprove.config import GenerationConfig
-    from selfimprove.engines import Sampling, make_engine
-    from selfimprove.policy import load_model, load_tokenizer
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(path, dtype).to(device)
     engine = make_engine(backend, model, load_tokenizer(path), seed=0, gen=GenerationConfig(backend=backend),
@@ -85,7 +83,7 @@ def engine_measures(path: str, dtype: str, prompts, n: int, new: int, backend: s
         if device == "cuda":
             torch.cuda.synchronize()
         pushes.append(time.perf_counter() - t)
-    getattr(engine, "close", lambda: None)()
+    engine.close()
     del engine, model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -126,9 +124,6 @@ log: {{out: {out}, name: {algo}, every: 1, traces_every: 0, save_final: false, p
 
 
 def phases(path: str, dtype: str, algo: str, out: Path, dry: bool, backend: str) -> dict:
-    from selfimprove.config import load_recipe
-    from selfimprove.loop import run
-
     extra = ", stage1_steps: 1, instruction: reask" if algo == "score" else ""
     text = RECIPE.format(backend=backend, path=path, dtype=dtype, n=4 if dry else 8, new=8 if dry else 256, algo=algo,
                          extra=extra, steps=3, prompts=4 if dry else 32, micro=8 if dry else 16, out=out)
@@ -150,8 +145,6 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
     t0 = time.perf_counter()
     params, dtype = build_model(work / "model", args.dry_run)
-    from selfimprove.policy import load_tokenizer
-
     prompts = prompts_of(load_tokenizer(str(work / "model")), 16 if args.dry_run else 256)
     n, new = (4, 16) if args.dry_run else (8, 256)
     res = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -1,6 +1,6 @@
-"""selfimprove: LLM self-improvement training (NFT, GRPO/Dr.GRPO, RFT; SCoRe, SSR, Self-J to come)."""
+"""selfimprove: LLM self-improvement training (NFT, GRPO/Dr.GRPO, RFT, SCoRe, SSR; Self-J judges, reward models)."""
 
-from selfimprove.config import load_recipe
+from selfimprove.recipe import load_recipe
 from selfimprove.trace import Trace, Turn
 
 __all__ = ["Trace", "Turn", "load_recipe"]

@@ -13,32 +13,29 @@ from __future__ import annotations
 
 import random
 
-from selfimprove.data import encode_prompts
-from selfimprove.engines import Sampling
+from reward import score
+from selfimprove.engines.base import Sampling
 from selfimprove.errors import UserError
-from selfimprove.evaluate import make_traces
-from selfimprove.multiturn import instruction_text
-from selfimprove.scoring import score
+from selfimprove.rollout import CORRECT_THRESHOLD, instruction_text, is_correct, sample
 
 
 def build_cct(engine, tokenizer, examples, rewards, ctx, n_rows: int, keep_share: float = 0.4, k: int = 4,
               instruction: str = "reask", plain_share: float = 0.0, sampling: Sampling | None = None,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, threshold: float = CORRECT_THRESHOLD) -> list[dict]:
     if not 0.0 <= keep_share <= 1.0 or not 0.0 <= plain_share < 1.0:
         raise UserError("keep_share must be in [0, 1] and plain_share in [0, 1)")
     if n_rows < 1 or k < 1:
         raise UserError("n_rows and k must be >= 1")
     sampling = sampling or Sampling(temperature=1.0, max_new_tokens=64)
-    prompt_ids = encode_prompts(tokenizer, examples, 10**9)
     first = Sampling(n=k, temperature=sampling.temperature, top_p=sampling.top_p,
                      max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size)
-    traces = make_traces(examples, prompt_ids, engine.generate(prompt_ids, first), tokenizer, tag="cct")
+    traces = sample(engine, tokenizer, examples, first, tag="cct", max_prompt_tokens=10**9)
     score(traces, rewards, ctx)
     name = rewards[0].name
     clt, cst = [], []
     for i, tr in enumerate(traces):  # example-major: k traces per example
         ex = examples[i // k]
-        right = (tr.rewards.get(name) or 0.0) >= 0.5
+        right = is_correct(tr, name, threshold)
         prompt = list(ex.prompt) + [{"role": "assistant", "content": tr.completion.text},
                                     {"role": "user", "content": instruction_text(instruction, ex.prompt[-1]["content"])}]
         row = {"prompt": prompt, "completion": [{"role": "assistant", "content": ex.answer}],

@@ -1,20 +1,28 @@
-"""Prompt sets: synthetic tasks with exact answers, and user data from files or `datasets`.
+"""Prompt sets: user data from files or `datasets`, and synthetic tasks found by name.
 
 Everything becomes a list of `Example` (an id, chat messages, a reference answer, a task name).
-Chat formatting goes through the tokenizer's own chat template in `encode_prompts`.
+Chat formatting goes through the tokenizer's own chat template in `encode_prompts`. A synthetic task
+(the tiny world's `arith` and `translate`) is a module listed in `TASKS` that exports `TASK`: prompts
+made by code, an endless training stream and a fixed held-out split, its knobs bound from
+`data.task_options`.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import datasets
+import pyarrow.parquet as pq
 
 from selfimprove.errors import UserError
+from selfimprove.options import bind
 
-SYNTHETIC_TASKS = ("arith", "translate")  # translate: the toy language pair (toy_mt.py)
+TASKS = {"arith": "selfimprove.tiny.arith", "translate": "selfimprove.tiny.translate"}
 
 
 @dataclass
@@ -25,85 +33,39 @@ class Example:
     task: str
 
 
-# --------------------------------------------------------------------------- arith
+@dataclass(frozen=True)
+class Task:
+    """A synthetic task: `train(options, n, seed, system_prompt)` is n training examples (an endless
+    stream), `heldout(options, system_prompt)` the fixed held-out split (with references)."""
+
+    name: str
+    Options: type
+    train: Callable[..., list[Example]]
+    heldout: Callable[..., list[Example]]
+    check: Callable[[object], list[str]] = lambda options: []
 
 
-def arith_problem(rng: random.Random, cfg) -> tuple[str, str]:
-    """One `a op b=` problem and its exact answer. `cfg` is a DataConfig (ops and operand ranges)."""
-    op = rng.choice(cfg.ops)
-    a = rng.randint(cfg.min_operand, cfg.max_operand)
-    if op == "*":
-        # a two-digit times one-digit product keeps multiplication learnable by a 1M model
-        b = rng.randint(2, cfg.max_multiplier)
-        value = a * b
-    else:
-        b = rng.randint(cfg.min_operand, cfg.max_operand)
-        value = a + b if op == "+" else a - b
-    return f"{a}{op}{b}=", str(value)
+def get_task(source: str) -> Task | None:
+    """The synthetic task named by `source` ("arith", "arith:heldout"), or None for files and datasets."""
+    name = source.partition(":")[0]
+    if name not in TASKS:
+        return None
+    return importlib.import_module(TASKS[name]).TASK
 
 
-def _arith_example(question: str, answer: str, idx: str, system_prompt: str | None) -> Example:
-    msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}
-    ]
-    return Example(id=idx, prompt=msgs, answer=answer, task="arith")
-
-
-def arith_heldout(cfg) -> list[Example]:
-    """The fixed held-out split: `n_heldout` distinct problems drawn with `heldout_seed`."""
-    rng = random.Random(cfg.heldout_seed)
-    seen, out = set(), []
-    for _ in range(cfg.n_heldout * 50):
-        if len(out) == cfg.n_heldout:
-            break
-        q, a = arith_problem(rng, cfg)
-        if q not in seen:
-            seen.add(q)
-            out.append(_arith_example(q, a, f"arith-eval-{len(out)}", cfg.system_prompt))
-    if len(out) < cfg.n_heldout:
-        raise UserError(f"data: the arith problem space is too small for n_heldout={cfg.n_heldout}")
-    return out
-
-
-def arith_train(cfg, n: int, seed: int) -> list[Example]:
-    """`n` training problems (repeats allowed), never one of the held-out questions."""
-    heldout = {ex.prompt[-1]["content"] for ex in arith_heldout(cfg)}
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        q, a = arith_problem(rng, cfg)
-        if q not in heldout:
-            out.append(_arith_example(q, a, f"arith-train-{len(out)}", cfg.system_prompt))
-    return out
-
-
-# --------------------------------------------------------------------------- toy translation
-
-
-def translate_examples(cfg, split: str, n: int = 0, seed: int = 0) -> list[Example]:
-    """The toy language pair: training prompts have no reference (monolingual sources, as in SSR);
-    the fixed held-out split (n_heldout sentences, heldout_seed) keeps references for evaluation."""
-    from selfimprove import toy_mt
-
-    heldout = toy_mt.heldout_sources(cfg.n_heldout, cfg.heldout_seed)
-    sources = heldout if split == "heldout" else toy_mt.train_sources(n, seed, set(heldout))
-
-    def example(i: int, src: str) -> Example:
-        msgs = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
-            {"role": "user", "content": toy_mt.PROMPT.format(source=src)}]
-        ref = toy_mt.translate(src) if split == "heldout" else None
-        return Example(id=f"translate-{split}-{i}", prompt=msgs, answer=ref, task="translate")
-
-    return [example(i, s) for i, s in enumerate(sources)]
+def task_options(task: Task, raw: dict):
+    options = bind(task.Options, raw, "data.task_options")
+    for err in task.check(options):
+        raise UserError(err)
+    return options
 
 
 # --------------------------------------------------------------------------- files and datasets
 
 
-def _read_rows(source: str, split: str) -> list[dict]:
+def read_rows(source: str, split: str) -> list[dict]:
+    """Rows of a data file, a saved datasets folder or (online) a hub dataset `hf:NAME`."""
     if source.startswith("hf:"):
-        import datasets
-
         name = source[3:]
         try:
             return list(datasets.load_dataset(name, split=split))
@@ -114,8 +76,6 @@ def _read_rows(source: str, split: str) -> list[dict]:
         raise UserError(f"data: file not found: {source}")
     suffix = path.suffix.lower()
     if path.is_dir():
-        import datasets
-
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
@@ -138,8 +98,6 @@ def _read_rows(source: str, split: str) -> list[dict]:
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         return pq.read_table(path).to_pylist()
     raise UserError(f"data: unsupported file type '{suffix}' for {source} (jsonl, json, csv, parquet, a datasets folder)")
 
@@ -214,15 +172,15 @@ def require_answers(examples: list[Example], source: str, column: str) -> None:
 
 
 def load_examples(source: str, cfg, split: str, n_train: int = 0, seed: int = 0) -> list[Example]:
-    """Examples of a source: a synthetic task (train stream of n_train, or held-out), or a file/dataset."""
-    if source == "arith":
-        return arith_train(cfg, n_train, seed) if split == "train" else arith_heldout(cfg)
-    if source == "arith:heldout":
-        return arith_heldout(cfg)
-    if source in ("translate", "translate:heldout"):
-        return translate_examples(cfg, "train" if source == "translate" and split == "train" else "heldout",
-                                  n_train, seed)
-    return rows_to_examples(_read_rows(source, split), source, cfg)
+    """Examples of a source: a synthetic task (its training stream of n_train on the train split, else
+    its held-out split; "NAME:heldout" is always the held-out one), or a file or dataset."""
+    task = get_task(source)
+    if task is not None:
+        options = task_options(task, cfg.task_options)
+        if split == "train" and not source.endswith(":heldout"):
+            return task.train(options, n_train, seed, cfg.system_prompt)
+        return task.heldout(options, cfg.system_prompt)
+    return rows_to_examples(read_rows(source, split), source, cfg)
 
 
 # --------------------------------------------------------------------------- tokenisation

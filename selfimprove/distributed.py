@@ -1,29 +1,32 @@
-"""Processes and devices: the Accelerator (DDP, DeepSpeed, CPU or GPU) and cross-process checks."""
+"""Processes and devices: the Accelerator (DDP, DeepSpeed, CPU or GPU), the bookkeeping that keeps
+processes in step (equal micro-batch counts, accumulation boundaries, zero-loss backwards, global
+sums), and cross-process checks.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import InitProcessGroupKwargs
 
+from selfimprove.engines.weights import weight_buckets
 
 MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def make_accelerator(dtype: str = "float32"):
     """16-bit dtypes train as mixed precision: fp32 master weights, autocast in the forward pass."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     # accelerate keeps one global state per process; a second run in the same single process (tests,
     # notebooks) with another precision must start from a fresh one
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
             and AcceleratorState().mixed_precision != MIXED[dtype]:
         AcceleratorState._reset_state()
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # a DeepSpeed profile
-        from accelerate.utils import InitProcessGroupKwargs
-
         # cpu=True would silently drop DeepSpeed; without CUDA, DeepSpeed needs gloo named explicitly
         # (environment.md section 4: accelerate otherwise picks no backend and sees one process)
         handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
@@ -46,7 +49,6 @@ def configure_deepspeed(accelerator, train_cfg) -> None:
     ds["zero_allow_untested_optimizer"] = True
 
 
-
 def offloads_optimizer(accelerator) -> bool:
     """A DeepSpeed profile with offload_optimizer_device: cpu | nvme (ZeRO-Offload)."""
     plugin = accelerator.state.deepspeed_plugin
@@ -56,26 +58,9 @@ def offloads_optimizer(accelerator) -> bool:
     return str(zero.get("offload_optimizer", {}).get("device", "none")).lower() in ("cpu", "nvme")
 
 
-def make_optimizer(params, train_cfg, accelerator):
-    """AdamW; under ZeRO-Offload DeepSpeed's CPU Adam (the optimizer states live in CPU memory, and
-    DeepSpeed refuses a torch optimizer there by default: a per-tensor CPU step is several times slower)."""
-    t = train_cfg
-    kwargs = dict(lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
-    if offloads_optimizer(accelerator):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-    # the fused kernel: one pass over all parameters (5x faster than the per-tensor loop on CPU)
-    return torch.optim.AdamW(params, fused=accelerator.device.type in ("cpu", "cuda"), **kwargs)
-
-
 def weights_digest(model) -> str:
     """sha256 over the weights as the engines receive them: buckets of whole tensors (gathered
     bucket by bucket under ZeRO-3, so this also exercises the weight push's gathering)."""
-    import hashlib
-
-    from selfimprove.engines.weights import weight_buckets
-
     h = hashlib.sha256()
     for bucket in weight_buckets(model, 1 << 16):
         for name, t in bucket:
@@ -109,3 +94,54 @@ def whole_parameters(accelerator, model):
 
     with deepspeed.zero.GatheredParameters(list(accelerator.unwrap_model(model).parameters()), modifier_rank=None):
         yield
+
+
+# --------------------------------------------------------------------------- keeping processes in step
+
+
+def uses_deepspeed(accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None
+
+
+def global_sums(accelerator, values: list[float]) -> list[float]:
+    """Element-wise sums over all processes."""
+    return accelerator.reduce(torch.tensor([float(v) for v in values], device=accelerator.device), "sum").tolist()
+
+
+def global_max(accelerator, value: float) -> float:
+    return float(accelerator.reduce(torch.tensor([value], device=accelerator.device), "max").item())
+
+
+def equal_counts(accelerator, chunks: list[list], needed: bool) -> list[list]:
+    """Pad this process's list of micro-batches with empty ones to the largest count over processes,
+    where every forward or backward is collective (ZeRO gathers or reduces in each): processes hold
+    different numbers of traces, and one that stopped early would leave the others waiting."""
+    if not needed or accelerator.num_processes == 1:
+        return chunks
+    most = int(global_max(accelerator, len(chunks)))
+    return chunks + [[]] * (most - len(chunks))
+
+
+def accumulation_boundary(accelerator, model, last: bool):
+    """Gradient accumulation over micro-batches: DDP all-reduces only at the last one (`no_sync` before);
+    DeepSpeed reduces and steps inside backward at the boundary it is told about."""
+    if uses_deepspeed(accelerator):
+        accelerator.gradient_state._set_sync_gradients(last)
+    return nullcontext() if last else accelerator.no_sync(model)
+
+
+def pad_forward(module, pad_id: int, device):
+    """A one-token forward pass: takes part in a collective forward without data of its own."""
+    return module(input_ids=torch.tensor([[pad_id]], device=device))
+
+
+def empty_backward(accelerator, model, pad_id: int) -> None:
+    """A zero-loss backward: keeps this process in the gradient reduction when it has nothing to train on."""
+    accelerator.backward(pad_forward(model, pad_id, accelerator.device).logits.sum() * 0.0)
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` holds on any process (every process must call it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return global_sums(accelerator, [1.0 if flag else 0.0])[0] > 0

@@ -3,55 +3,34 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
+import importlib
 
 import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from selfimprove.errors import UserError
+from selfimprove.hub import load_tokenizer, model_source
+
+__all__ = ["load_tokenizer", "load_model", "resolve_model_path"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# models the project builds itself (the tiny world), by name: "module:function" returning the folder
+NAMED_MODELS = {
+    "tiny": "selfimprove.tiny.model:ensure_tiny",
+    "tiny-correct": "selfimprove.tiny.variants:ensure_tiny_correct",  # + two-turn correction episodes (SCoRe)
+    "tiny-translate": "selfimprove.tiny.variants:ensure_tiny_translate",  # + toy translation and judging it (SSR)
+}
 
 
 def resolve_model_path(path: str, log=print) -> str:
-    """"tiny" is the embedded model (built on first use); a local folder must hold config.json."""
-    if path == "tiny":
-        from selfimprove.tiny import ensure_tiny
-
-        return str(ensure_tiny(log=log))
-    # variants: + two-turn correction episodes (SCoRe), + the toy translation task and judging it (SSR)
-    if path in ("tiny-correct", "tiny-translate"):
-        from selfimprove.tiny import ensure_variant
-
-        return str(ensure_variant(path, log=log))
-    p = Path(path).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise UserError(f"model: {path} is not a Hugging Face model folder (no config.json)")
-        return str(p)
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
-    if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(f"model: path does not exist: {path}")
-    return path  # a hub name: transformers will fetch it (when online)
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise UserError(f"model: cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    if tok.chat_template is None:
-        raise UserError(f"model: the tokenizer of {path} has no chat template")
-    return tok
+    """A named model is built on first use (cached); a local folder must hold config.json."""
+    if path in NAMED_MODELS:
+        module, _, fn = NAMED_MODELS[path].partition(":")
+        return str(getattr(importlib.import_module(module), fn)(log=log))
+    return model_source(path)
 
 
 def load_model(path: str, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM
-
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except OSError as e:
@@ -62,9 +41,6 @@ def load_model(path: str, dtype: str = "float32"):
 def load_quantized(path: str, cfg):
     """QLoRA's base model (Dettmers et al. 2023): weights in bitsandbytes NF4 (double quantization)
     or int8, computed in bf16, prepared for k-bit training by PEFT; LoRA adapters then train on top."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

@@ -43,12 +43,33 @@ class Trace:
     meta: dict = field(default_factory=dict)  # plain JSON values, e.g. {"nft.correct_rate": 0.25}
 
     @property
+    def attempts(self) -> list[Turn]:
+        """The sampled assistant turns in order: one for a single-turn trace, two for self-correction."""
+        return [turn for turn in self.turns if turn.role == "assistant"]
+
+    @property
     def completion(self) -> Turn:
         """The last assistant turn: what single-turn rewards score."""
         for turn in reversed(self.turns):
             if turn.role == "assistant":
                 return turn
         raise ValueError(f"trace {self.id} has no assistant turn")
+
+    @property
+    def first_attempt(self) -> Turn:
+        """Attempt 1 of a two-turn episode (the only attempt of a single-turn trace)."""
+        return self._attempt(0)
+
+    @property
+    def second_attempt(self) -> Turn:
+        """Attempt 2 of a two-turn episode: the answer after the instruction (rollout.add_second_attempt)."""
+        return self._attempt(1)
+
+    def _attempt(self, k: int) -> Turn:
+        attempts = self.attempts
+        if len(attempts) <= k:
+            raise ValueError(f"trace {self.id} has {len(attempts)} attempt(s), not {k + 1}")
+        return attempts[k]
 
     @property
     def token_ids(self) -> list[int]:
@@ -62,6 +83,14 @@ class Trace:
         d = dict(d)
         d["turns"] = [Turn(**t) for t in d["turns"]]
         return cls(**d)
+
+
+def groups(traces: Iterable[Trace]) -> dict[str, list[Trace]]:
+    """Traces by group_id (the n samples of one prompt), in first-seen order."""
+    out: dict[str, list[Trace]] = {}
+    for tr in traces:
+        out.setdefault(tr.group_id, []).append(tr)
+    return out
 
 
 def dump_jsonl(traces: Iterable[Trace], path: str | os.PathLike, append: bool = False) -> None:

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 
 from selfimprove.cli import main
@@ -10,7 +9,7 @@ from selfimprove.policy import load_model
 def test_cct_mixture_from_own_attempts_then_sft(tmp_path, capsys, mini_model):
     out = tmp_path / "cct.jsonl"
     # number_format stands in for correctness: the quickly built test model gets few sums right
-    code = main(["cct", mini_model, "--n", "20", "--k", "4", "--rows", "20", "--keep-share", "0.4",
+    code = main(["cct", mini_model, "--data", "arith", "--n", "20", "--k", "4", "--rows", "20", "--keep-share", "0.4",
                  "--reward", "number_format", "--max-new-tokens", "5", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(x) for x in out.read_text().splitlines()]
@@ -26,7 +25,7 @@ def test_cct_mixture_from_own_attempts_then_sft(tmp_path, capsys, mini_model):
 
 
 def test_cct_bad_inputs(tmp_path, capsys, mini_model):
-    assert main(["cct", mini_model, "--n", "4", "--k", "1", "--rows", "50", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["cct", mini_model, "--data", "arith", "--n", "4", "--k", "1", "--rows", "50", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "are needed" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')

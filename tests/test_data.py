@@ -1,34 +1,13 @@
 import csv
 import json
 
+import datasets
 import pytest
 
 from selfimprove.config import DataConfig
-from selfimprove.data import arith_heldout, arith_train, encode_prompts, load_examples
+from selfimprove.data import encode_prompts, load_examples
 from selfimprove.errors import UserError
-
-
-def test_arith_heldout_is_fixed_distinct_and_never_trained_on():
-    cfg = DataConfig()
-    a, b = arith_heldout(cfg), arith_heldout(cfg)
-    assert [e.prompt for e in a] == [e.prompt for e in b] and len(a) == 500
-    qs = {e.prompt[-1]["content"] for e in a}
-    assert len(qs) == 500
-    train = arith_train(cfg, 5000, seed=0)
-    assert not qs & {e.prompt[-1]["content"] for e in train}
-    for e in train[:200]:
-        q = e.prompt[-1]["content"].rstrip("=")
-        assert str(eval(q)) == e.answer  # the answer is exact
-    other = arith_heldout(DataConfig(heldout_seed=7))
-    assert [e.prompt for e in other] != [e.prompt for e in a]
-
-
-def test_arith_difficulty_knobs():
-    cfg = DataConfig(ops="*", min_operand=100, max_operand=999, max_multiplier=99)
-    for e in arith_train(cfg, 100, seed=1):
-        a, b = e.prompt[-1]["content"].rstrip("=").split("*")
-        assert 100 <= int(a) <= 999 and 2 <= int(b) <= 99
-
+from selfimprove.policy import load_tokenizer
 
 ROWS = [{"question": "1+1=", "solution": "2"}, {"question": "2+2=", "solution": "4"}]
 
@@ -41,7 +20,6 @@ def _write_all(tmp_path):
         w = csv.DictWriter(f, fieldnames=["question", "solution"])
         w.writeheader()
         w.writerows(ROWS)
-    import datasets
 
     ds = datasets.Dataset.from_list(ROWS)
     pq = tmp_path / "d.parquet"
@@ -76,32 +54,12 @@ def test_missing_column_file_and_bad_json(tmp_path):
 
 
 def test_chat_template_prompts(mini_model):
-    from selfimprove.policy import load_tokenizer
-
     tok = load_tokenizer(mini_model)
-    ex = arith_heldout(DataConfig())[:2]
+    ex = load_examples("arith", DataConfig(), "test")[:2]
     ids = encode_prompts(tok, ex, 64)
     assert tok.decode(ids[0]) == f"<|user|>{ex[0].prompt[0]['content']}<|end|><|assistant|>"
     with pytest.raises(UserError, match="more than data.max_prompt_tokens=3"):
         encode_prompts(tok, ex, 3)
-
-
-def test_toy_translation_task_has_no_training_references_and_fixed_heldout():
-    from selfimprove import toy_mt
-
-    cfg = DataConfig(train="translate")
-    train = load_examples("translate", cfg, "train", n_train=200, seed=0)
-    held = load_examples("translate", cfg, "test")
-    assert len(train) == 200 and all(ex.answer is None and ex.task == "translate" for ex in train)
-    assert len(held) == 500 and len({ex.prompt[-1]["content"] for ex in held}) == 500
-    assert held[0].prompt == load_examples("translate", cfg, "test")[0].prompt  # fixed by heldout_seed
-    assert not {ex.prompt[-1]["content"] for ex in train} & {ex.prompt[-1]["content"] for ex in held}
-    src = held[0].prompt[-1]["content"].removeprefix("translate: ")
-    assert held[0].answer == toy_mt.translate(src)
-    assert toy_mt.translate("the good is no") == "the=ka good=bo is=zo no=do"
-    assert toy_mt.quality("the good is no", "the=ka good=su is=zo no=do") == 0.75
-    assert toy_mt.quality("the good", "the=ka good=bo a=mi") == pytest.approx(2 / 3)  # an extra pair counts against it
-    assert toy_mt.judge_digit("the good is no", "the=ka good=su is=zo no=do") == "7"  # round(6.75)
 
 
 def test_prompt_template_builds_prompts_from_columns(tmp_path):

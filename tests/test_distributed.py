@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
+
+from selfimprove.distributed import weights_digest
+from selfimprove.policy import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,14 +103,11 @@ def test_deepspeed_zero_trains_in_two_cpu_processes_like_one_process(tmp_path, m
     assert [r["optimizer_steps"] for r in rows] == [1, 1, 1, 1]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in single], abs=1e-4)
     assert [r["grad_norm"] for r in rows] == pytest.approx([r["grad_norm"] for r in single], rel=1e-3)
-    from safetensors.torch import load_file
 
     ckpt = load_file(str(tmp_path / "runs" / "zero" / "checkpoints" / "step-000004" / "model.safetensors"))
     assert ckpt["model.embed_tokens.weight"].shape[0] > 300  # whole tensors, not a process's shard
     # the digest is taken over weight-push buckets (gathered one by one under ZeRO-3): they hold
     # exactly the final weights
-    from selfimprove.distributed import weights_digest
-    from selfimprove.policy import load_model
 
     final = load_model(str(tmp_path / "runs" / "zero" / "checkpoints" / "step-000004"), "float32")
     assert summary["weights_sha256"] == weights_digest(final)

@@ -3,10 +3,13 @@ import json
 import pytest
 import torch
 
-from selfimprove.batch import collate
-from selfimprove.config import RewardSpec, load_recipe
+from selfimprove import loop
+from selfimprove.batch import collate, token_logprobs
+from selfimprove.config import RewardSpec
+from selfimprove.logprobs import reference_logprobs
 from selfimprove.loop import run
 from selfimprove.policy import load_model
+from selfimprove.recipe import load_recipe
 from selfimprove.trace import Trace, Turn
 
 
@@ -99,8 +102,6 @@ def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, mini_model):
 
 
 def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(tmp_path, mini_model):
-    from selfimprove import loop
-
     p = tmp_path / "r.yaml"
     p.write_text(RECIPE.format(model=mini_model, algo="score", out=tmp_path / "runs"))
     recipe = load_recipe(p, ["model.lora_r=4", "algorithm.stage1_steps=1", "algorithm.instruction=reask",
@@ -110,10 +111,10 @@ def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(
     assert trainable and all("lora_" in n for n in trainable)
     assert state.ref_model is state.accelerator.unwrap_model(state.model)  # no second copy
     row, traces = loop.train_step(state, 0)
-    ref = loop.reference_logprobs(state, traces[:2])
+    ref = reference_logprobs(state.accelerator, state.model, state.ref_model, traces[:2], 8,
+                             state.tokenizer.pad_token_id, lora=True)
     with torch.no_grad():
         base = load_model(mini_model)
-        from selfimprove.batch import token_logprobs
         expect = token_logprobs(base, collate(traces[:2], state.tokenizer.pad_token_id))
     assert torch.allclose(torch.tensor(ref), expect, atol=1e-5)  # the reference = the base model
     assert "kl_turn1" in row

@@ -1,45 +1,97 @@
-"""Algorithms: one module per method, listed here. Adding a method is adding a file.
+"""On-policy algorithms: one module per method, each exporting one `Algorithm`, listed in `ALGORITHMS`.
 
-A module defines `Config` (its recipe section, with a `name`), `check(cfg) -> list[str]` (value
-errors), `prepare(traces, cfg) -> traces` (advantages, labels, filtering), `loss(batch, logp, cfg)
--> (per-token loss [B, T], metrics)`, `META_KEYS` (trace.meta entries collated into tensors) and
-optionally `needs_reference(cfg)`, `zero_loss(trace, cfg)` (the trace's gradient is exactly
-zero: skipped) and `extend(traces, engine, tokenizer, sampling, cfg)` (add turns to scored episodes;
-the loop scores them again). `loop.run` drives them; no Trainer class hierarchy.
-A module that is not on-policy RL (judge or reward-model training) instead defines
-`train(recipe, log=print) -> summary dict`; `selfimprove train` calls it in place of `loop.run`.
-A module outside the package is named by its import path: `algorithm: {name: mylab.algos.foo}`.
+The `Algorithm` record is the whole contract between a method and the loop (`loop.py`): the loop
+samples, scores, calls `prepare`, collates, and calls `loss` per micro-batch; it reads the record's
+fields and never looks inside the module. Adding a method is adding a file that ends with
+
+    ALGORITHM = Algorithm(name="mine", Config=Config, prepare=prepare, loss=loss)
+
+and a line here (or naming the module: `algorithm: {name: mylab.algos.mine}`). The offline programs
+(Self-J judge training, reward-model training) are not on-policy and live in `selfimprove/programs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
-from types import ModuleType
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
 
 from selfimprove.errors import UserError
+from selfimprove.trace import Trace
 
 ALGORITHMS = {
     "nft": "selfimprove.algorithms.nft",
     "grpo": "selfimprove.algorithms.grpo",
     "rft": "selfimprove.algorithms.rft",
     "score": "selfimprove.algorithms.score",
-    "selfj": "selfimprove.algorithms.selfj",
-    "reward_model": "selfimprove.algorithms.reward_model",
     "ssr": "selfimprove.algorithms.ssr",
 }
 
 
-def get_algorithm(name: str) -> ModuleType:
+def no_errors(cfg) -> list[str]:
+    return []
+
+
+def never(*args) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One on-policy method, every hook with its default.
+
+    Config:          the recipe's `algorithm:` section (a dataclass with `name`, `loss_agg` (token-mean |
+                     seq-mean | dr-grpo | constant) and `loss_constant`, which the loop's aggregation reads)
+    prepare:         (traces, cfg) -> the traces to train on, with advantages / labels set (may filter)
+    loss:            (batch, logp [B, T], cfg) -> (per-token loss [B, T], metrics dict); aggregation over
+                     tokens, micro-batches and processes is the loop's
+    check:           (cfg) -> value errors of the section, one message each (before anything starts)
+    meta_keys:       trace.meta entries collated into [B] tensors for `loss`
+    needs_reference: (cfg) -> whether the loss reads `batch["ref_logp"]` (a frozen reference's log-probs)
+    zero_loss:       (trace, cfg) -> True when the trace's loss and gradient are exactly zero: the loop
+                     skips its forward/backward but still counts its tokens (the gradient is unchanged)
+    instruction:     two-turn methods: (cfg) -> the instruction between attempt 1 and attempt 2; the loop
+                     then samples attempt 2 after scoring attempt 1 and scores the episode again. None:
+                     single-turn
+    """
+
+    name: str
+    Config: type
+    prepare: Callable[[list[Trace], Any], list[Trace]]
+    loss: Callable[[dict, torch.Tensor, Any], tuple[torch.Tensor, dict]]
+    check: Callable[[Any], list[str]] = no_errors
+    meta_keys: tuple[str, ...] = ()
+    needs_reference: Callable[[Any], bool] = never
+    zero_loss: Callable[[Trace, Any], bool] = never
+    instruction: Callable[[Any], str] | None = None
+
+    def __post_init__(self):
+        fields = {f.name for f in dataclasses.fields(self.Config)}
+        missing = {"name", "loss_agg", "loss_constant"} - fields
+        if missing:
+            raise TypeError(f"algorithm {self.name}: Config lacks {sorted(missing)} (see Algorithm's docstring)")
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The registered method `name`, or the `ALGORITHM` of a module named by its import path."""
     if not isinstance(name, str):
         raise UserError(f"algorithm.name must be a string, got {name!r}")
     if name in ALGORITHMS:
-        return importlib.import_module(ALGORITHMS[name])
-    if "." in name:
-        try:
-            return importlib.import_module(name)
-        except ImportError as e:
-            raise UserError(f"algorithm '{name}' cannot be imported: {e}") from None
-    near = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
-    hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(ALGORITHMS)})"
-    raise UserError(f"unknown algorithm '{name}'{hint}")
+        return importlib.import_module(ALGORITHMS[name]).ALGORITHM
+    if "." not in name:
+        near = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(ALGORITHMS)})"
+        raise UserError(f"unknown algorithm '{name}'{hint}")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise UserError(f"algorithm '{name}' cannot be imported: {e}") from None
+    algo = getattr(module, "ALGORITHM", None)
+    if not isinstance(algo, Algorithm):
+        raise UserError(f"algorithm module '{name}' does not export ALGORITHM = Algorithm(name=..., Config=..., "
+                        "prepare=..., loss=...) (README: Architecture)")
+    return algo

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
+
+from selfimprove.trace import groups
+
+__all__ = ["groups", "frac_all_equal", "group_advantages", "aggregate", "kl_penalty", "clamp_preserve_grad",
+           "choice_errors", "LOSS_AGGREGATIONS", "KL_ESTIMATORS"]
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean", "dr-grpo", "constant")
 KL_ESTIMATORS = ("k1", "k3")
@@ -14,14 +17,6 @@ def choice_errors(cfg, choices: dict[str, tuple]) -> list[str]:
     """One message per config field whose value is not among its allowed choices."""
     return [f"algorithm.{key} must be one of {', '.join(map(str, allowed))}, got '{getattr(cfg, key)}'"
             for key, allowed in choices.items() if getattr(cfg, key) not in allowed]
-
-
-def groups(traces) -> dict[str, list]:
-    """Traces by group_id, in first-seen order."""
-    out: dict[str, list] = defaultdict(list)
-    for tr in traces:
-        out[tr.group_id].append(tr)
-    return dict(out)
 
 
 def frac_all_equal(traces) -> float:

@@ -17,24 +17,30 @@ from dataclasses import dataclass
 
 import torch
 
-from selfimprove.algorithms.common import (KL_ESTIMATORS, LOSS_AGGREGATIONS, choice_errors, group_advantages,
-                                           groups, kl_penalty)
-
-META_KEYS: tuple[str, ...] = ()
+from selfimprove.algorithms import Algorithm
+from selfimprove.algorithms.common import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    choice_errors,
+    group_advantages,
+    groups,
+    kl_penalty,
+)
+from selfimprove.options import opt
 
 
 @dataclass
 class Config:
-    name: str = "grpo"
-    clip_low: float = 0.2  # eps_low
-    clip_high: float = 0.2  # eps_high (DAPO's clip-higher: 0.28)
-    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
-    std: str = "sample"  # sample (unbiased, TRL/verl) | population
-    loss_agg: str = "token-mean"  # token-mean | seq-mean | dr-grpo | constant
-    loss_constant: float = 1000.0
-    kl_coef: float = 0.0  # beta; > 0 loads a frozen reference model
-    kl_estimator: str = "k3"  # k1 | k3
-    filter_groups: bool = False  # drop groups with all-equal rewards (zero advantage)
+    name: str = opt("grpo", "the method")
+    clip_low: float = opt(0.2, "eps_low")
+    clip_high: float = opt(0.2, "eps_high (DAPO's clip-higher: 0.28)")
+    scale_rewards: str = opt("group", "group | batch | none (Dr. GRPO)")
+    std: str = opt("sample", "sample (unbiased, TRL/verl) | population")
+    loss_agg: str = opt("token-mean", "token-mean | seq-mean | dr-grpo | constant")
+    loss_constant: float = opt(1000.0, "divisor for loss_agg = constant")
+    kl_coef: float = opt(0.0, "beta; > 0 loads a frozen reference model")
+    kl_estimator: str = opt("k3", "k1 | k3")
+    filter_groups: bool = opt(False, "drop groups with all-equal rewards (zero advantage)")
 
 
 def check(cfg: Config) -> list[str]:
@@ -100,3 +106,7 @@ def loss(batch, logp, cfg: Config):
         if cfg.kl_coef > 0:
             metrics["kl"] = float((kl_penalty(logp, batch["ref_logp"], cfg.kl_estimator) * m).sum() / n)
     return tok, metrics
+
+
+ALGORITHM = Algorithm(name="grpo", Config=Config, prepare=prepare, loss=loss, check=check,
+                      needs_reference=needs_reference, zero_loss=zero_loss)

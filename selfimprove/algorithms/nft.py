@@ -21,24 +21,27 @@ from dataclasses import dataclass
 
 import torch
 
+from selfimprove.algorithms import Algorithm
 from selfimprove.algorithms.common import choice_errors, clamp_preserve_grad, groups
+from selfimprove.options import opt
+from selfimprove.rollout import is_correct
 
 META_KEYS = ("nft.correct", "nft.correct_rate")
 
 
 @dataclass
 class Config:
-    name: str = "nft"
-    epsilon: float = 1.0  # eps of max_v (code: clamp_negative); eps -> 0 over-penalises
-    omega: str = "1-r"  # prompt weight: "1-r" (default) | "sqrt" ((1-r)/r)^0.5 | "1"
-    neg_weight: float = 1.0  # 1 = NFT, 0 = RFT (no negative term)
-    rhat_min: float = 0.02  # r_hat clamp inside the loss (code)
-    rhat_max: float = 0.98
-    max_log_ratio: float = 10.0  # clamp of log R before exp (code)
-    correct_threshold: float = 0.5  # a sample is correct when its combined reward >= this
-    filter_groups: bool = True  # drop groups whose samples are all correct or all wrong
-    loss_agg: str = "token-mean"  # token-mean | constant
-    loss_constant: float = 1000.0  # divisor for loss_agg = constant (the code's /1000)
+    name: str = opt("nft", "the method")
+    epsilon: float = opt(1.0, "eps of max_v (code: clamp_negative); eps -> 0 over-penalises")
+    omega: str = opt("1-r", "prompt weight: '1-r' (default) | 'sqrt' ((1-r)/r)^0.5 | '1'")
+    neg_weight: float = opt(1.0, "1 = NFT, 0 = RFT (no negative term)")
+    rhat_min: float = opt(0.02, "lower r_hat clamp inside the loss (code)")
+    rhat_max: float = opt(0.98, "upper r_hat clamp")
+    max_log_ratio: float = opt(10.0, "clamp of log R before exp (code)")
+    correct_threshold: float = opt(0.5, "a sample is correct when its combined reward >= this")
+    filter_groups: bool = opt(True, "drop groups whose samples are all correct or all wrong")
+    loss_agg: str = opt("token-mean", "token-mean | seq-mean | constant")
+    loss_constant: float = opt(1000.0, "divisor for loss_agg = constant (the code's /1000)")
 
 
 def check(cfg: Config) -> list[str]:
@@ -54,7 +57,7 @@ def prepare(traces, cfg: Config):
     """Label correctness, compute each group's correct rate, drop uninformative groups."""
     kept = []
     for group in groups(traces).values():
-        correct = [1.0 if tr.reward >= cfg.correct_threshold else 0.0 for tr in group]
+        correct = [1.0 if is_correct(tr, None, cfg.correct_threshold) else 0.0 for tr in group]
         rate = sum(correct) / len(correct)
         if cfg.filter_groups and rate in (0.0, 1.0):
             continue
@@ -92,3 +95,6 @@ def loss(batch, logp, cfg: Config):
         ratio = torch.exp(logp - batch["old_logp"]) * m
         metrics = {"ratio_mean": float(ratio.sum() / m.sum().clamp(min=1))}
     return tok, metrics
+
+
+ALGORITHM = Algorithm(name="nft", Config=Config, prepare=prepare, loss=loss, check=check, meta_keys=META_KEYS)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from selfimprove.algorithms import nft
-
-META_KEYS = nft.META_KEYS
+from selfimprove.algorithms import Algorithm, nft
+from selfimprove.options import opt
 
 
 @dataclass
 class Config(nft.Config):
-    name: str = "rft"
-    omega: str = "1"
-    neg_weight: float = 0.0
+    name: str = opt("rft", "the method")
+    omega: str = opt("1", "prompt weight: 1 (the NFT paper's RFT) | 1-r (its scripts) | sqrt")
+    neg_weight: float = opt(0.0, "0: no negative term (RFT)")
 
 
 def check(cfg: Config) -> list[str]:
@@ -28,5 +27,5 @@ def check(cfg: Config) -> list[str]:
     return errs
 
 
-prepare = nft.prepare
-loss = nft.loss
+ALGORITHM = Algorithm(name="rft", Config=Config, prepare=nft.prepare, loss=nft.loss, check=check,
+                      meta_keys=nft.META_KEYS)

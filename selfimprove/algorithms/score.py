@@ -1,7 +1,7 @@
 """SCoRe: two-turn self-correction RL (Kumar et al., arXiv 2409.12917, ICLR 2025).
 
 Episode: y1 ~ pi(.|x), then x2 = x + y1 + instruction, y2 ~ pi(.|x2), built on token ids
-(selfimprove/multiturn.py); the instruction is never trained on. Rewards r1, r2 come from the
+(selfimprove/rollout.py); the instruction is never trained on. Rewards r1, r2 come from the
 recipe's rewards applied to each attempt. Per token (algorithms.md 1.2, eq. 3 and 4):
 
   Stage I  (steps < stage1_steps):  -A(r2) log pi(y2|x2)  +  beta2 KL(pi || ref) on y1
@@ -21,26 +21,27 @@ from dataclasses import dataclass
 
 import torch
 
+from selfimprove.algorithms import Algorithm
 from selfimprove.algorithms.common import KL_ESTIMATORS, LOSS_AGGREGATIONS, choice_errors, groups, kl_penalty
-from selfimprove.multiturn import add_second_attempt
+from selfimprove.options import opt
 
 META_KEYS = ("score.kl1", "score.kl2")
 
 
 @dataclass
 class Config:
-    name: str = "score"
-    stage1_steps: int = 0  # rollout steps of Stage I; the rest of train.steps is Stage II
-    alpha: float = 10.0  # shaping bonus (paper: 10)
-    beta1: float = 0.01  # Stage II KL on both turns (paper, MATH)
-    beta2: float = 0.1  # Stage I KL on turn 1 (paper, MATH; 0.25 for code)
-    stage1_turn2_kl: float = 0.0  # Stage I KL on turn 2 (BY571: none)
-    kl_estimator: str = "k3"  # k1 | k3
-    baseline: str = "none"  # none (REINFORCE) | group (minus the group mean) | normalize (and / std)
-    turn1_gets_shaped: bool = False  # Stage II: turn 1 also credited with r2~ (instead of r1)
-    instruction: str = "score"  # score | reask | any text ({question} is replaced)
-    loss_agg: str = "token-mean"
-    loss_constant: float = 1000.0
+    name: str = opt("score", "the method")
+    stage1_steps: int = opt(0, "rollout steps of Stage I; the rest of train.steps is Stage II")
+    alpha: float = opt(10.0, "shaping bonus (paper: 10)")
+    beta1: float = opt(0.01, "Stage II KL on both turns (paper, MATH)")
+    beta2: float = opt(0.1, "Stage I KL on turn 1 (paper, MATH; 0.25 for code)")
+    stage1_turn2_kl: float = opt(0.0, "Stage I KL on turn 2 (BY571: none)")
+    kl_estimator: str = opt("k3", "k1 | k3")
+    baseline: str = opt("none", "none (REINFORCE) | group (minus the group mean) | normalize (and / std)")
+    turn1_gets_shaped: bool = opt(False, "Stage II: turn 1 also credited with r2~ (instead of r1)")
+    instruction: str = opt("score", "score | reask | any text ({question} is replaced)")
+    loss_agg: str = opt("token-mean", "token-mean | seq-mean | dr-grpo | constant")
+    loss_constant: float = opt(1000.0, "divisor for loss_agg = constant")
 
 
 def check(cfg: Config) -> list[str]:
@@ -60,11 +61,9 @@ def shaped_reward(r1: float, r2: float, alpha: float) -> float:
     return r2 + alpha * (r2 - r1)
 
 
-def extend(traces, engine, tokenizer, sampling, cfg: Config) -> None:
-    """Record attempt 1's reward on its turn, then add the instruction and attempt 2."""
-    for tr in traces:
-        tr.turns[1].reward = tr.reward
-    add_second_attempt(engine, tokenizer, traces, cfg.instruction, sampling)
+def instruction(cfg: Config) -> str:
+    """The correction instruction between the attempts (rollout.INSTRUCTIONS names or any text)."""
+    return cfg.instruction
 
 
 def _advantages(values: list[float], baseline: str) -> list[float]:
@@ -78,11 +77,12 @@ def _advantages(values: list[float], baseline: str) -> list[float]:
 
 
 def prepare(traces, cfg: Config):
-    """Per-turn advantages (on the turns) and per-turn KL coefficients (in meta), by stage."""
+    """Per-turn advantages (on the turns) and per-turn KL coefficients (in meta), by stage. Each attempt's
+    reward is on its turn (the loop's two-turn rollout keeps the combined reward of each attempt there)."""
     for group in groups(traces).values():
         stage1 = group[0].policy_version < cfg.stage1_steps
-        r1 = [tr.turns[1].reward for tr in group]
-        r2 = [tr.reward for tr in group]
+        r1 = [tr.first_attempt.reward for tr in group]
+        r2 = [tr.second_attempt.reward for tr in group]
         r2s = [shaped_reward(a, b, cfg.alpha) for a, b in zip(r1, r2)]
         if stage1:
             a1 = [0.0] * len(group)  # Stage I: no policy gradient on attempt 1
@@ -91,8 +91,7 @@ def prepare(traces, cfg: Config):
             a1 = _advantages(r2s if cfg.turn1_gets_shaped else r1, cfg.baseline)
             a2 = _advantages(r2s, cfg.baseline)
         for tr, x1, x2, s in zip(group, a1, a2, r2s):
-            tr.turns[3].reward = tr.reward
-            tr.turns[1].advantage, tr.turns[3].advantage = x1, x2
+            tr.first_attempt.advantage, tr.second_attempt.advantage = x1, x2
             tr.meta["score.stage"] = 1 if stage1 else 2
             tr.meta["score.shaped_r2"] = s
             tr.meta["score.kl1"] = cfg.beta2 if stage1 else cfg.beta1
@@ -120,3 +119,7 @@ def loss(batch, logp, cfg: Config):
                 m = (batch["turn_id"] == k).float()
                 metrics[f"kl_turn{k}"] = float((kl * m).sum() / m.sum().clamp(min=1))
     return tok, metrics
+
+
+ALGORITHM = Algorithm(name="score", Config=Config, prepare=prepare, loss=loss, check=check, meta_keys=META_KEYS,
+                      needs_reference=needs_reference, instruction=instruction)

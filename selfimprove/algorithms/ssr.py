@@ -15,25 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from selfimprove.algorithms import grpo
-
-META_KEYS = grpo.META_KEYS
+from selfimprove.algorithms import Algorithm, grpo
+from selfimprove.errors import UserError
+from selfimprove.options import opt
 
 
 @dataclass
 class Config(grpo.Config):
-    name: str = "ssr"
-    format_reward: str | None = "think_format"  # name of the gating reward in rewards[]; null: no gate
-    format_failure: float = 0.0  # reward of a candidate that fails the format check
-
-
-def check(cfg: Config) -> list[str]:
-    return grpo.check(cfg)
-
-
-needs_reference = grpo.needs_reference
-zero_loss = grpo.zero_loss
-loss = grpo.loss
+    name: str = opt("ssr", "the method")
+    format_reward: str | None = opt("think_format", "name of the gating reward in rewards[]; null: no gate")
+    format_failure: float = opt(0.0, "reward of a candidate that fails the format check")
 
 
 def gate(traces, cfg: Config) -> None:
@@ -42,8 +33,6 @@ def gate(traces, cfg: Config) -> None:
         return
     for tr in traces:
         if cfg.format_reward not in tr.rewards:
-            from selfimprove.errors import UserError
-
             raise UserError(f"algorithm.format_reward '{cfg.format_reward}' is not one of the recipe's rewards "
                             f"({', '.join(tr.rewards)})")
         ok = tr.rewards[cfg.format_reward]
@@ -54,3 +43,7 @@ def gate(traces, cfg: Config) -> None:
 def prepare(traces, cfg: Config):
     gate(traces, cfg)
     return grpo.prepare(traces, cfg)
+
+
+ALGORITHM = Algorithm(name="ssr", Config=Config, prepare=prepare, loss=grpo.loss, check=grpo.check,
+                      needs_reference=grpo.needs_reference, zero_loss=grpo.zero_loss)

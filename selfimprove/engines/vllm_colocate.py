@@ -24,7 +24,10 @@ import os
 import socket
 import tempfile
 
-from selfimprove.engines import Sample, Sampling
+import torch
+from safetensors.torch import save_file
+
+from selfimprove.engines.base import Sample, Sampling
 from selfimprove.engines.weights import weight_buckets
 
 
@@ -40,8 +43,6 @@ def _keep_cpu_linear_weights() -> None:
     (environment.md section 5), and a kept weight would not be the one computed with. Use plain
     `F.linear` on the live weights instead: slower on big CPUs, but the weights stay updatable.
     Only called on CPU builds."""
-    import torch
-
     try:
         from vllm.model_executor.layers import utils as layer_utils
     except ImportError:
@@ -61,6 +62,7 @@ def _keep_cpu_linear_weights() -> None:
 
 
 class VLLMEngine:
+    generator = None  # vLLM's sampler streams are seeded per prompt: nothing to checkpoint
     def __init__(self, model, tokenizer, *, model_path: str, gen, dtype: str, seed: int = 0,
                  rank: int = 0, local_rank: int = 0, world: int = 1, lora_r: int = 0):
         """`model`: the trainer's (unwrapped) model, whose weights `load_weights` pushes."""
@@ -122,7 +124,7 @@ class VLLMEngine:
     def _vllm_model(self):
         return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
 
-    def load_weights(self, named_tensors=None) -> None:
+    def load_weights(self) -> None:
         """Push the trainer's current weights (all of them, or only the LoRA adapter) in buckets."""
         if self.sleeping:
             self.llm.wake_up(tags=["weights"])  # level 2 discarded them: the push below restores them
@@ -141,7 +143,6 @@ class VLLMEngine:
     def _push_adapter(self) -> None:
         """LoRA: only the adapter travels (MBs instead of GBs): written as a PEFT adapter folder and
         served under a fresh id, the previous one removed."""
-        from safetensors.torch import save_file
         from vllm.lora.request import LoRARequest
 
         tensors = {}

@@ -27,7 +27,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
-from selfimprove.engines import Sample, Sampling
+from accelerate.utils import broadcast_object_list, gather_object
+
+from selfimprove.engines.base import Sample, Sampling
 from selfimprove.engines.weights import weight_buckets
 from selfimprove.errors import UserError
 
@@ -74,6 +76,7 @@ def with_deadline(fn, seconds: float, what: str):
 
 
 class VLLMServerEngine:
+    generator = None  # the server seeds each request: nothing to checkpoint
     def __init__(self, model, tokenizer, *, gen, accelerator, seed: int = 0, lora_r: int = 0):
         self.model, self.acc, self.gen = model, accelerator, gen
         self.url = gen.server_url.rstrip("/")
@@ -141,8 +144,6 @@ class VLLMServerEngine:
         return rows
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[list[Sample]]:
-        from accelerate.utils import broadcast_object_list, gather_object
-
         acc = self.acc
         shares = gather_object([(prompts, seeds)]) if acc.num_processes > 1 else [(prompts, seeds)]
         results = [None] * len(shares)
@@ -170,7 +171,7 @@ class VLLMServerEngine:
                           f"joining the NCCL weight group of {self.url} (port {self.gen.server_group_port})")
         self.communicator_ready = True
 
-    def load_weights(self, named_tensors=None) -> None:
+    def load_weights(self) -> None:
         """Stream the weights to the server in buckets (every process iterates: ZeRO-3 gathers are collective)."""
         if self.lora:
             raise UserError("vllm-server with LoRA: the server holds merged weights; use generation.backend=vllm "
@@ -191,4 +192,7 @@ class VLLMServerEngine:
         return None
 
     def wake(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None

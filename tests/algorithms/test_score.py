@@ -17,7 +17,7 @@ def episode(gid, r1, r2, version):
         Turn("user", "q", [1, 2, 3]),
         Turn("assistant", "a1", [4, 5], [-0.5, -0.6], trainable=True, reward=r1),
         Turn("user", "instr", [6, 7]),
-        Turn("assistant", "a2", [8, 9, 10], [-0.7, -0.8, -0.9], trainable=True)], reward=r2)
+        Turn("assistant", "a2", [8, 9, 10], [-0.7, -0.8, -0.9], trainable=True, reward=r2)], reward=r2)
     return t
 
 
@@ -42,7 +42,7 @@ def test_columns_of_the_two_turns_and_the_instruction():
 
 def test_stage1_no_policy_gradient_on_turn1_and_none_on_the_instruction():
     g, _, tr = grads(stage1_steps=5, version=0, r1=1.0, r2=1.0)
-    assert tr.meta["score.stage"] == 1 and tr.turns[1].advantage == 0.0
+    assert tr.meta["score.stage"] == 1 and tr.first_attempt.advantage == 0.0
     assert g[2] == 0.0 and g[3] == 0.0  # turn 1: KL only, and KL's gradient is 0 where pi = ref
     assert g[4] == 0.0 and g[5] == 0.0  # instruction tokens
     assert g[6:] == pytest.approx([-1.0, -1.0, -1.0])  # turn 2: -r2
@@ -76,4 +76,4 @@ def test_stage1_kl_pins_turn1_only():
 def test_group_baseline():
     cfg = score.Config(stage1_steps=0, baseline="group")
     traces = score.prepare([episode("g", 0.0, 1.0, 1), episode("g", 0.0, 0.0, 1)], cfg)
-    assert [t.turns[3].advantage for t in traces] == pytest.approx([5.5, -5.5])
+    assert [t.second_attempt.advantage for t in traces] == pytest.approx([5.5, -5.5])

@@ -1,11 +1,18 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from reward import RewardContext
-from reward.judge import self_judge
+from reward.self_judge import self_judge
 from reward.translation import answer_text, chrf
 from selfimprove.algorithms import get_algorithm, ssr
 from selfimprove.engines import Sample
 from selfimprove.errors import UserError
+from selfimprove.loop import run
+from selfimprove.policy import load_tokenizer
+from selfimprove.recipe import load_recipe
+from selfimprove.tiny import translate as toy_mt
 from selfimprove.trace import Trace, Turn
 
 
@@ -16,7 +23,7 @@ def _trace(group, text, rewards=None, answer=None, reward=0.0):
 
 
 def test_ssr_is_registered_and_gates_failed_formats_before_grpo():
-    assert get_algorithm("ssr") is ssr
+    assert get_algorithm("ssr") is ssr.ALGORITHM and ssr.ALGORITHM.prepare is ssr.prepare
     cfg = ssr.Config(format_reward="fmt", format_failure=-1.0, std="population")
     # weighted sums from scoring: 0.8, 0.4 (format ok), 0.9 (format failed: the judge liked it anyway)
     traces = [_trace("g", "x", {"fmt": 1.0, "self_judge": 0.8}, reward=0.8),
@@ -26,7 +33,7 @@ def test_ssr_is_registered_and_gates_failed_formats_before_grpo():
     assert [t.reward for t in kept] == [0.8, 0.4, -1.0]
     # then GRPO's group advantage on the gated rewards: mean 0.0667, population std 0.7717
     assert [t.advantage for t in kept] == pytest.approx([0.95013, 0.43183, -1.38196], abs=1e-4)
-    assert ssr.loss is ssr.grpo.loss
+    assert ssr.ALGORITHM.loss is ssr.grpo.loss and ssr.ALGORITHM.zero_loss is ssr.grpo.zero_loss
 
 
 def test_ssr_without_gate_and_unknown_gate_name():
@@ -63,8 +70,6 @@ class _CountingEngine:
 
 
 def test_self_judge_only_judges_gated_answers(mini_model):
-    from selfimprove.policy import load_tokenizer
-
     tok = load_tokenizer(mini_model)
     engine = _CountingEngine(tok)
     traces = [_trace("g", "<think>t</think><answer>ka mi</answer>", {"fmt": 1.0}),
@@ -82,11 +87,7 @@ def test_self_judge_only_judges_gated_answers(mini_model):
 def test_ssr_recipe_runs_end_to_end_on_the_toy_translation_task(tmp_path, mini_model):
     """The tiny recipe's wiring on the quick test model: prompts without references, the policy judging
     its own well-formed replies through the same engine, chrF / exact match on the held-out split only."""
-    import json
-    from pathlib import Path
 
-    from selfimprove.config import load_recipe
-    from selfimprove.loop import run
 
     root = Path(__file__).resolve().parents[2]
     recipe = load_recipe(root / "recipes/ssr/tiny_translate.yaml", [
@@ -109,9 +110,6 @@ def test_ssr_recipe_runs_end_to_end_on_the_toy_translation_task(tmp_path, mini_m
 
 
 def test_segment_level_judging_averages_the_segments(mini_model):
-    from selfimprove import toy_mt
-    from selfimprove.policy import load_tokenizer
-
     tok = load_tokenizer(mini_model)
 
     class PairJudge(_CountingEngine):  # a perfect pair judge: 9 for a right pair, 0 for a wrong one
@@ -133,8 +131,6 @@ def test_segment_level_judging_averages_the_segments(mini_model):
 
 
 def test_gloss_format_requires_the_prompts_own_source_words():
-    from selfimprove import toy_mt
-
     def tr(src, text, finish="stop"):
         t = _trace("g", text)
         t.prompt = [{"role": "user", "content": toy_mt.PROMPT.format(source=src)}]

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from selfimprove.batch import collate, token_logprobs
+from selfimprove.data import Example
 from selfimprove.engines import Sampling
 from selfimprove.engines.hf import HFEngine, sample_token
-from selfimprove.evaluate import make_traces
-from selfimprove.data import Example
 from selfimprove.policy import load_model, load_tokenizer
+from selfimprove.rollout import make_traces
 
 
 def load(path):
@@ -84,8 +84,6 @@ def test_every_end_of_turn_id_stops_generation(mini_model):
 
 
 def test_inverse_cdf_sampling_follows_the_distribution():
-    from selfimprove.engines.hf import sample_token
-
     logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(1000, 1)
     u = (torch.arange(1000, dtype=torch.float32) + 0.5) / 1000  # an even grid of uniforms
     counts = torch.bincount(sample_token(logits, 1.0, 1.0, None, u), minlength=3).tolist()

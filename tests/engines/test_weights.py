@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfimprove.engines.weights import engine_name, weight_buckets
-from selfimprove.loop import mismatch_weights
+from selfimprove.logprobs import mismatch_weights
 from selfimprove.policy import load_model
 
 

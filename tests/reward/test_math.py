@@ -1,11 +1,10 @@
 import pytest
 
-from reward import REWARDS, RewardContext, resolve, trl_adapter
+from reward import REWARDS, RewardContext, build_rewards, resolve, score, trl_adapter
 from reward.format import number_format, think_format
 from reward.math import extract_answer, is_equivalent, last_boxed, math_correct
 from selfimprove.config import RewardSpec
 from selfimprove.errors import UserError
-from selfimprove.scoring import build_rewards, score
 from selfimprove.trace import Trace, Turn
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from reward import RewardContext
-from reward.judge import self_judge
+from reward.self_judge import parse_score, self_judge
+from selfimprove.cli import main
 from selfimprove.engines.hf import HFEngine
 from selfimprove.errors import UserError
 from selfimprove.policy import load_model, load_tokenizer
@@ -46,10 +47,28 @@ def test_template_without_answer_placeholder():
 
 
 def test_template_without_answer_placeholder_fails_at_recipe_time(tmp_path):
-    from selfimprove.cli import main
-
     recipe = tmp_path / "r.yaml"
     recipe.write_text("rewards:\n  - {fn: self_judge, kwargs: {template: 'Rate {question}'}}\n"
                       f"log: {{out: {tmp_path / 'runs'}}}\n")
     assert main(["train", str(recipe)]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("<think>fluent, one error</think><answer>85</answer>", 85.0),
+    ("<think>bad</think> <answer> score: 12.5 </answer>", 12.5),
+    ("I would rate this translation 70 out of 100... final: 72", 72.0),  # no tag: the last number
+    ("Score: 0", 0.0),
+])
+def test_parse_well_formed(reply, expected):
+    assert parse_score(reply) == expected
+
+
+@pytest.mark.parametrize("reply", ["", "   ", "<answer>great</answer>", "no score at all", "<answer>150</answer>",
+                                   "-5", "<answer>nan</answer>"])
+def test_parse_failures_are_none(reply):
+    assert parse_score(reply) is None
+
+
+def test_parse_range_of_a_digit_judge():
+    assert parse_score("7", 0, 9) == 7.0 and parse_score("12", 0, 9) is None

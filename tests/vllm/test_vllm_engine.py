@@ -17,11 +17,13 @@ import torch
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
-from selfimprove.config import DataConfig, GenerationConfig
-from selfimprove.data import arith_heldout, encode_prompts
+from reward import RewardContext, build_rewards
+from selfimprove.config import DataConfig, EvalConfig, GenerationConfig, RewardSpec
+from selfimprove.data import encode_prompts, load_examples
 from selfimprove.engines import Sampling, make_engine
+from selfimprove.evaluation import evaluate
 from selfimprove.policy import load_model, load_tokenizer
-from selfimprove.tiny import ensure_tiny
+from selfimprove.tiny.model import ensure_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 # the environment before any engine starts: vLLM writes LOCAL_WORLD_SIZE=1, LD_PRELOAD and its own
@@ -34,7 +36,7 @@ GREEDY = Sampling(n=1, temperature=0, max_new_tokens=8)
 def tiny():
     path = str(ensure_tiny(log=lambda *a: None))
     tok = load_tokenizer(path)
-    prompts = encode_prompts(tok, arith_heldout(DataConfig())[:24], 512)
+    prompts = encode_prompts(tok, load_examples("arith", DataConfig(), "test")[:24], 512)
     return path, tok, prompts
 
 
@@ -154,16 +156,12 @@ def test_nft_steps_end_to_end_through_vllm(tmp_path, tiny):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(r["optimizer_steps"] == 1 for r in rows)
     assert all(r["mismatch/abs_log_ratio"] < 1e-4 and r["mismatch/clipped_frac"] == 0 for r in rows)
     assert all(r["time/weight_sync"] > 0 for r in rows)
-    from reward import RewardContext
-    from selfimprove.config import EvalConfig, RewardSpec
-    from selfimprove.evaluate import evaluate
-    from selfimprove.scoring import build_rewards
 
     path, tok, _ = tiny
     final = load_model(str(run / "checkpoints" / "step-000006"))
     rewards = build_rewards([RewardSpec(fn="math_correct")])
     hf = make_engine("hf", final, tok)
-    acc, _ = evaluate(hf, tok, arith_heldout(DataConfig())[:100], rewards,
+    acc, _ = evaluate(hf, tok, load_examples("arith", DataConfig(), "test")[:100], rewards,
                       EvalConfig(n=100, max_new_tokens=8, reward="math_correct"), RewardContext(tok, hf, 0), 512)
     assert summary["accuracy_after"] == pytest.approx(acc)
     assert summary["accuracy_after"] != summary["accuracy_before"] or rows[-1]["grad_norm"] > 0

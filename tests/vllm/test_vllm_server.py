@@ -17,11 +17,11 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 from selfimprove.config import DataConfig, GenerationConfig
-from selfimprove.data import arith_heldout, encode_prompts
+from selfimprove.data import encode_prompts, load_examples
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.policy import load_model, load_tokenizer
-from selfimprove.tiny import ensure_tiny
+from selfimprove.tiny.model import ensure_tiny
 
 BASE_ENV = dict(os.environ)  # before any engine writes its variables into os.environ
 
@@ -125,7 +125,7 @@ def test_generation_through_a_real_server_matches_the_hf_engine(served):
     gen = GenerationConfig(backend="vllm-server", server_url=url, server_connect_timeout=240, server_timeout=60)
     tok = load_tokenizer(path)
     engine = make_engine("vllm-server", None, tok, gen=gen)
-    prompts = encode_prompts(tok, arith_heldout(DataConfig())[:16], 512)
+    prompts = encode_prompts(tok, load_examples("arith", DataConfig(), "test")[:16], 512)
     greedy = Sampling(n=1, temperature=0, max_new_tokens=8)
     ours = engine.generate(prompts, greedy)
     ref = make_engine("hf", load_model(path), tok).generate(prompts, greedy)

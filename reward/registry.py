@@ -1,0 +1,141 @@
+"""The reward registry and the recipe's weighted sum: resolve, bind, score.
+
+A reward is a plain function `fn(traces, ctx, **kwargs) -> list[float | None]`, found by name in
+`REWARDS` or by a `"package.module:function"` path. `None` means "not applicable to this trace"
+(e.g. no reference answer); the combined reward is the weighted sum of the parts that apply, and each
+part is kept in `trace.rewards[name]`. TRL-style functions `fn(prompts, completions, **columns)` work
+too: any function with a `completions` parameter is wrapped by `trl_adapter`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from reward.format import number_format, regex_format, think_format
+from reward.math import exact_match, math_correct
+from reward.reward_model import reward_model
+from reward.self_judge import self_judge
+from reward.selfj import judge_model
+from reward.translation import chrf, comet_kiwi
+from selfimprove.errors import UserError
+
+REWARDS: dict[str, Callable] = {
+    "math_correct": math_correct,
+    "exact_match": exact_match,
+    "think_format": think_format,
+    "regex_format": regex_format,
+    "number_format": number_format,
+    "self_judge": self_judge,
+    "judge_model": judge_model,
+    "reward_model": reward_model,
+    "chrf": chrf,
+    "comet_kiwi": comet_kiwi,
+}
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """The one channel for extra inputs to rewards."""
+
+    tokenizer: Any = None
+    engine: Any = None  # the generation engine (self-judging rewards query the current policy)
+    step: int = 0
+
+
+@dataclass
+class BoundReward:
+    """A recipe's reward: its name in trace.rewards, the function with its options bound, its weight."""
+
+    name: str
+    fn: Callable
+    weight: float
+
+
+def trl_adapter(fn: Callable) -> Callable:
+    """Call a TRL reward function: prompts and completions in conversational form, columns as kwargs."""
+
+    @functools.wraps(fn)
+    def wrapped(traces, ctx=None, **kwargs):  # kwargs: the recipe's rewards[].kwargs
+        columns: dict[str, list] = {"answer": [tr.answer for tr in traces], "task": [tr.task for tr in traces]}
+        for key in {k for tr in traces for k in tr.meta}:
+            columns.setdefault(key, [tr.meta.get(key) for tr in traces])
+        return fn(
+            prompts=[tr.prompt for tr in traces],
+            completions=[[{"role": "assistant", "content": tr.completion.text}] for tr in traces],
+            completion_ids=[tr.completion.token_ids for tr in traces],
+            **columns,
+            **kwargs,
+        )
+
+    return wrapped
+
+
+def resolve(name: str) -> Callable:
+    """A reward by registry name or `package.module:function` path."""
+    if name in REWARDS:
+        fn = REWARDS[name]
+    elif ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"reward '{name}' cannot be loaded: {e}") from None
+    else:
+        near = difflib.get_close_matches(name, list(REWARDS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(REWARDS)}; or use 'package.module:function')"
+        raise UserError(f"unknown reward '{name}'{hint}")
+    if "completions" in inspect.signature(fn).parameters:
+        fn = trl_adapter(fn)
+    return fn
+
+
+def build_rewards(specs) -> list[BoundReward]:
+    """Bind the recipe's `rewards:` entries (fn, weight, name, kwargs); option mistakes fail here, early."""
+    out, names = [], set()
+    for spec in specs:
+        fn = resolve(spec.fn)
+        validate = getattr(fn, "validate_kwargs", None)  # a reward's own option checks, run before anything starts
+        if validate is not None:
+            validate(spec.kwargs)
+        if spec.kwargs:
+            params = inspect.signature(fn).parameters
+            has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            unknown = [k for k in spec.kwargs if k not in params and not has_var_kw]
+            if unknown:
+                raise UserError(f"reward '{spec.fn}' has no argument '{unknown[0]}' (rewards[].kwargs)")
+            fn = functools.partial(fn, **spec.kwargs)
+        name = spec.name or spec.fn
+        if name in names:
+            raise UserError(f"reward name '{name}' is used twice; give one a distinct 'name'")
+        names.add(name)
+        out.append(BoundReward(name, fn, spec.weight))
+    return out
+
+
+def score(traces, rewards: list[BoundReward], ctx: RewardContext) -> None:
+    """Fill trace.rewards[name] for every reward and trace.reward = sum of weight * value (None skipped)."""
+    for r in rewards:
+        try:
+            values = r.fn(traces, ctx)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"reward '{r.name}' raised {type(e).__name__}: {e}") from None
+        values = list(values) if values is not None else []
+        if len(values) != len(traces):
+            raise UserError(f"reward '{r.name}' returned {len(values)} values for {len(traces)} completions")
+        for i, (tr, v) in enumerate(zip(traces, values)):
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
+                    raise UserError(f"reward '{r.name}' returned {v!r} for completion {i} (trace {tr.id}); "
+                                    "expected a finite number or None")
+                v = float(v)
+            tr.rewards[r.name] = v
+    for tr in traces:
+        tr.reward = sum(r.weight * tr.rewards[r.name] for r in rewards if tr.rewards.get(r.name) is not None)

@@ -1,0 +1,114 @@
+"""Self-judging: the current policy scores its own completions through the same engine (SSR).
+
+`self_judge` renders each completion into a judge prompt (GEMBA-style 0-100, a Self-J-style digit,
+or the user's own template), asks the policy for one greedy reply, and reads a score from it with
+`parse_score`: inside <answer>...</answer> when present (R1 style think-then-answer), else the last
+number in the text; a value outside [lo, hi] or no number at all is a parse failure, reported as
+None so the caller applies the recipe's fallback and counts it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from reward.translation import answer_text
+from selfimprove.engines.base import Sampling
+from selfimprove.errors import UserError
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def parse_score(reply: str, lo: float = 0.0, hi: float = 100.0) -> float | None:
+    """The judge's score, or None when the reply has no number in range (a parse failure)."""
+    if not reply or not reply.strip():
+        return None
+    tagged = _ANSWER.findall(reply)
+    text = tagged[-1] if tagged else reply
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return None
+    value = float(numbers[-1] if not tagged else numbers[0])
+    if math.isnan(value) or not lo <= value <= hi:
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- self-judging
+
+# GEMBA-DA style, reference-free (the SSR default: the policy scores its own translation 0-100)
+GEMBA = ("Score the following translation on a continuous scale from 0 to 100, where a score of zero means "
+         "\"no meaning preserved\" and a score of one hundred means \"perfect meaning and grammar\". "
+         "Give 0 to a reply with irrelevant content or several alternative translations.\n\n"
+         "Source and instruction: \"{question}\"\nTranslation: \"{answer}\"\n"
+         "Think, then put the score in <answer></answer>.")
+# Self-J style single digit, reference-free
+DIGIT = ("Rate the answer from 0 to 9, where a higher value means a better answer. Reply with a single integer.\n"
+         "[Question] {question}\n[Answer] {answer}")
+TEMPLATES = {"gemba": (GEMBA, 0.0, 100.0), "digit": (DIGIT, 0.0, 9.0)}
+
+
+def judge_template(template: str) -> tuple[str, float, float]:
+    """A named template with its scale, or a user's template (scale from the caller)."""
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    if "{answer}" not in template:
+        raise UserError("self_judge: the judge template has no {answer} placeholder")
+    return template, 0.0, 100.0
+
+
+def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi: float | None = None,
+               fallback: float = 0.0, max_new_tokens: int = 64, normalize: bool = True,
+               extract: str = "none", only_if: str | None = None,
+               segments: str | None = None) -> list[float | None]:
+    """The current policy judges its own completions through the same engine (one batched call).
+
+    Returns score / hi (when normalize) per trace; an unparsable reply gets `fallback` and is
+    flagged in trace.meta["judge.parse_failed"]. The judge's reply is kept in trace.meta["judge.text"]
+    and never trained on. `extract="answer"` shows the judge only the <answer> part of an R1-style
+    reply; `only_if` names an earlier reward (e.g. the format check) that must be >= 1 for a trace to
+    be judged: the others get None (not judged, no judge call spent on them). `segments` (a regex)
+    splits the answer and judges each segment on its own; the trace's score is their mean (segment-
+    level judging, as document-level quality estimation averages sentence scores)."""
+    text, t_lo, t_hi = judge_template(template)
+    lo, hi = (t_lo if lo is None else lo), (t_hi if hi is None else hi)
+    tok = ctx.tokenizer
+    owner, rendered = [], []  # owner[k]: the trace index of judge prompt k
+    for i, tr in enumerate(traces):
+        answer = answer_text(tr.completion.text, extract)
+        gate = tr.rewards.get(only_if) if only_if else 1.0
+        if answer is None or gate is None or gate < 1.0:
+            continue
+        question = tr.prompt[-1]["content"] if tr.prompt else ""
+        parts = [p for p in re.split(segments, answer) if p.strip()] if segments else [answer]
+        for part in parts or [answer]:
+            msg = text.replace("{question}", question).replace("{answer}", part)
+            rendered.append(tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
+                                                    add_generation_prompt=True))
+            owner.append(i)
+    out: list[float | None] = [None] * len(traces)
+    if not owner:
+        return out
+    prompts = tok(rendered, add_special_tokens=False)["input_ids"]  # one batched tokenizer call
+    replies = ctx.engine.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    scores: dict[int, list[float]] = {}
+    for i, group in zip(owner, replies):
+        tr = traces[i]
+        reply = tok.decode(group[0].token_ids, skip_special_tokens=True)
+        value = parse_score(reply, lo, hi)
+        first = i not in scores
+        tr.meta["judge.text"] = reply if first else f"{tr.meta['judge.text']} | {reply}"
+        tr.meta["judge.parse_failed"] = value is None or (not first and tr.meta["judge.parse_failed"])
+        scores.setdefault(i, []).append(fallback if value is None else (value / hi if normalize and hi else value))
+    for i, vals in scores.items():
+        out[i] = sum(vals) / len(vals)
+    return out
+
+
+def _validate_self_judge(kwargs: dict) -> None:
+    """Recipe-time checks of self_judge's options (a template without {answer} fails before step 1)."""
+    judge_template(kwargs.get("template", "gemba"))
+
+
+self_judge.validate_kwargs = _validate_self_judge

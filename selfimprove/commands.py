@@ -1,0 +1,310 @@
+"""The subcommands: each binds its options to a typed dataclass (the same dialect as recipes) and runs.
+
+Options come from `--config FILE.yaml`, then positional words, then `--key value` / `key=value` on the
+command line (later wins); `selfimprove CMD --help` lists them with type, default and description.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import datasets
+import torch
+
+from reward import RewardContext, build_rewards
+from reward import selfj as sj
+from selfimprove.cct import build_cct
+from selfimprove.config import DataConfig, EvalConfig, RewardSpec
+from selfimprove.data import jsonl_objects, load_examples, read_rows, require_answers
+from selfimprove.engines import Sampling, make_engine
+from selfimprove.errors import UserError
+from selfimprove.evaluation import best_of_n, evaluate, evaluate_two_turn, load_outcomes
+from selfimprove.evaluation.report import metrics_table, plot_self_correction
+from selfimprove.loop import run
+from selfimprove.options import opt
+from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+from selfimprove.programs import get_program
+from selfimprove.recipe import load_recipe
+from selfimprove.rollout import CORRECT_THRESHOLD
+from selfimprove.tiny.model import build_tiny, ensure_tiny, tiny_path
+from selfimprove.trace import dump_jsonl
+
+
+@dataclass
+class TrainOptions:
+    recipe: str = opt(help="a YAML recipe (recipes/...)", positional=True)
+
+
+def cmd_train(o: TrainOptions, overrides: list[str]) -> int:
+    recipe = load_recipe(o.recipe, overrides)
+    # offline programs (judge and reward-model training) own their loop; on-policy methods share loop.run
+    program = get_program(recipe.algorithm.name)
+    summary = program.train(recipe) if program is not None else run(recipe)
+    if "run_dir" in summary:
+        print(f"run folder: {summary['run_dir']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalOptions:
+    model: str = opt(help="a model: a checkpoint folder, a Hugging Face model, or tiny / tiny-correct", positional=True)
+    data: str = opt(help="a data file, a datasets folder, hf:NAME, or a synthetic task (arith: its held-out split)")
+    split: str = opt("test", "split of data (files with splits, hf:, synthetic tasks)")
+    n: int = opt(500, "problems: the first n")
+    reward: str = opt("math_correct", "the reward that decides correctness")
+    correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
+    prompt_column: str = opt("prompt", "column with the prompt (text or chat messages)")
+    answer_column: str | None = opt("answer", "column with the reference answer")
+    task_options: dict = opt({}, "options of a synthetic task (data.task_options)")
+    max_new_tokens: int = opt(256, "tokens per answer at most")
+    temperature: float = opt(0.0, "0: greedy")
+    seed: int = opt(0, "random seed of the sampler")
+    threads: int = opt(0, "torch threads (0: torch's default)")
+    out: str | None = opt(None, "write the result (metrics) as JSON here")
+    traces: str | None = opt(None, "write the traces as JSONL here")
+    turns: int = opt(1, "2: self-correction (Acc@t1/t2, deltas, CL, CS, RSS)")
+    k: int = opt(1, "samples per problem (two-turn evaluation, best-of-k)")
+    instruction: str = opt("reask", "second-turn instruction: reask, score, or any text")
+    plot: str | None = opt(None, "two-turn: write the outcome plot (PNG) here")
+    pick: str | None = opt(None, "best-of-k: the reward that picks one of the k samples (judge_model, reward_model, "
+                           "self_judge, ...); reward still decides correctness")
+    pick_kwargs: dict = opt({}, "options of the picker, e.g. {model: runs/x/judge}")
+
+
+def _generation_inputs(o, rewards_specs: list[RewardSpec]):
+    """(examples, bound rewards, tokenizer, hf engine) for the sampling subcommands (eval, cct)."""
+    data_cfg = DataConfig(prompt_column=o.prompt_column, answer_column=o.answer_column, task_options=o.task_options)
+    examples = load_examples(o.data, data_cfg, o.split, n_train=o.n, seed=o.seed)[: o.n]
+    require_answers(examples, o.data, o.answer_column)
+    rewards = build_rewards(rewards_specs)
+    path = resolve_model_path(o.model)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    return examples, rewards, tokenizer, make_engine("hf", model, tokenizer, seed=o.seed)
+
+
+def _write_json(path: str | None, obj: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2)
+
+
+def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
+    checks = [(o.n >= 1, f"--n must be >= 1, got {o.n}"), (o.k >= 1, f"--k must be >= 1, got {o.k}"),
+              (o.turns in (1, 2), f"--turns must be 1 or 2, got {o.turns}"),
+              (not o.pick or o.k >= 2, f"--pick needs --k >= 2 samples per problem, got {o.k}")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    specs = [RewardSpec(fn=o.reward)]
+    if o.pick:
+        specs.append(RewardSpec(fn=o.pick, name=f"pick:{o.pick}", kwargs=o.pick_kwargs))
+    examples, rewards, tokenizer, engine = _generation_inputs(o, specs)
+    ctx = RewardContext(tokenizer, engine)
+    if o.turns == 2:
+        sampling = Sampling(temperature=o.temperature, max_new_tokens=o.max_new_tokens)
+        result, traces = evaluate_two_turn(engine, tokenizer, examples, rewards[:1], ctx, o.k, sampling,
+                                           o.instruction, threshold=o.correct_threshold)
+        print(metrics_table(result, title=f"self-correction: {o.model} on {o.data} (k={o.k}, {o.instruction})"))
+        if o.plot:
+            plot_self_correction(result, o.plot)
+    elif o.pick:
+        eval_cfg = EvalConfig(n=o.n, max_new_tokens=o.max_new_tokens, temperature=o.temperature or 1.0,
+                              correct_threshold=o.correct_threshold)
+        m, traces = best_of_n(engine, tokenizer, examples, rewards[0], rewards[1], o.k, eval_cfg, ctx)
+        print(f"best-of-{o.k} with {o.pick}: {m['picked']:.1%} (first sample {m['first_sample']:.1%}, "
+              f"mean sample {m['mean_sample']:.1%}, oracle {m['oracle']:.1%}) on {m['problems']} problems")
+        result = {"model": o.model, "data": o.data, "reward": o.reward, "pick": o.pick, **m}
+    else:
+        eval_cfg = EvalConfig(n=o.n, reward=rewards[0].name, max_new_tokens=o.max_new_tokens,
+                              temperature=o.temperature, correct_threshold=o.correct_threshold)
+        acc, traces = evaluate(engine, tokenizer, examples, rewards, eval_cfg, ctx)
+        result = {"model": o.model, "data": o.data, "n": len(examples), "reward": o.reward, "accuracy": acc}
+        print(f"accuracy {acc:.1%} on {len(examples)} problems of {o.data} ({o.reward})")
+    _write_json(o.out, result)
+    if o.traces:
+        dump_jsonl(traces, o.traces)
+    return 0
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class MetricsOptions:
+    file: str = opt(help="a traces JSONL (eval --turns 2 --traces) or {problem, correct1, correct2} rows",
+                    positional=True)
+    out: str | None = opt(None, "write the metrics as JSON here")
+    correct_threshold: float = opt(CORRECT_THRESHOLD, "traces: a turn reward >= this is correct")
+
+
+def cmd_metrics(o: MetricsOptions, overrides: list[str]) -> int:
+    m = load_outcomes(o.file, o.correct_threshold)
+    print(metrics_table(m, title=f"self-correction: {o.file}"))
+    _write_json(o.out, m)
+    return 0
+
+
+# --------------------------------------------------------------------------- cct and sft
+
+
+@dataclass
+class CCTOptions:
+    model: str = opt(help="the model whose first attempts make the data", positional=True)
+    data: str = opt(help="questions with answers: a data file, a datasets folder, hf:NAME, or a synthetic task")
+    out: str = opt(help="output JSONL")
+    split: str = opt("train", "split of data")
+    n: int = opt(200, "questions to sample first attempts for")
+    k: int = opt(4, "first attempts per question")
+    rows: int = opt(400, "rows in the mixture")
+    keep_share: float = opt(0.4, "share of keep-a-correct-answer (CLT) rows")
+    plain_share: float = opt(0.0, "share of plain SFT rows (SFT + CCT)")
+    instruction: str = opt("reask", "second-turn instruction: reask, score, or any text")
+    reward: str = opt("math_correct", "the reward that decides correctness")
+    correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
+    prompt_column: str = opt("prompt", "column with the prompt")
+    answer_column: str | None = opt("answer", "column with the reference answer")
+    task_options: dict = opt({}, "options of a synthetic task")
+    temperature: float = opt(1.0, "sampling temperature of the first attempts")
+    max_new_tokens: int = opt(256, "tokens per attempt at most")
+    seed: int = opt(0, "random seed")
+    threads: int = opt(0, "torch threads (0: torch's default)")
+
+
+def cmd_cct(o: CCTOptions, overrides: list[str]) -> int:
+    examples, rewards, tokenizer, engine = _generation_inputs(o, [RewardSpec(fn=o.reward)])
+    rows = build_cct(engine, tokenizer, examples, rewards, RewardContext(tokenizer, engine), o.rows, o.keep_share,
+                     o.k, o.instruction, o.plain_share, Sampling(temperature=o.temperature,
+                                                                 max_new_tokens=o.max_new_tokens), o.seed,
+                     o.correct_threshold)
+    with open(o.out + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(o.out + ".tmp", o.out)
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in ("clt", "cst", "sft")}
+    print(f"wrote {len(rows)} rows to {o.out}: {kinds['clt']} keep (CLT), {kinds['cst']} fix (CST), {kinds['sft']} plain")
+    return 0
+
+
+@dataclass
+class SFTOptions:
+    model: str = opt(help="the model to fine-tune", positional=True)
+    data: str = opt(help="prompt-completion JSONL (e.g. CCT data)", positional=True)
+    out: str = opt(help="output model folder")
+    epochs: float = opt(1.0, "passes over the data")
+    lr: float = opt(5e-5, "learning rate")
+    batch_size: int = opt(16, "rows per step")
+    seed: int = opt(0, "random seed")
+
+
+def cmd_sft(o: SFTOptions, overrides: list[str]) -> int:
+    """Supervised fine-tuning on prompt-completion JSONL (e.g. CCT data) with TRL's SFTTrainer."""
+    from trl import SFTConfig, SFTTrainer
+
+    rows = read_rows(o.data, "train")
+    for i, r in enumerate(rows, 1):
+        if "prompt" not in r or "completion" not in r:
+            raise UserError(f"sft: {o.data} row {i} needs 'prompt' and 'completion' (conversational prompt-completion rows)")
+    path = resolve_model_path(o.model)
+    ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    cfg = SFTConfig(output_dir=o.out, num_train_epochs=o.epochs, learning_rate=o.lr,
+                    per_device_train_batch_size=o.batch_size, report_to="none", save_strategy="no",
+                    logging_steps=10, use_cpu=not torch.cuda.is_available(), seed=o.seed)
+    trainer = SFTTrainer(model=load_model(path), args=cfg, train_dataset=ds, processing_class=load_tokenizer(path))
+    trainer.train()
+    trainer.save_model(o.out)
+    load_tokenizer(path).save_pretrained(o.out)
+    print(f"fine-tuned model: {o.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- judge
+
+
+@dataclass
+class JudgeOptions:
+    model: str = opt(help="a trained judge folder (a selfj run's judge/) or any causal LM", positional=True)
+    input: str = opt(help="JSONL rows with question and answer (and optionally reference) fields", positional=True)
+    out: str | None = opt(None, "write the scored rows here (default: stdout)")
+    question_column: str = opt("question", "field with the question")
+    answer_column: str = opt("answer", "field with the answer")
+    reference_column: str = opt("reference", "field with the reference (rows without one: reference-free view)")
+    template: str | None = opt(None, "reference-free view with {question} {answer} (default: the judge's own)")
+    reference_template: str | None = opt(None, "with-reference view with {question} {answer} {reference}")
+    batch_size: int = opt(64, "prompts per forward pass")
+    threads: int = opt(0, "torch threads (0: torch's default)")
+
+
+def _read_judge_rows(path: str, fields: list[str]) -> list[dict]:
+    """JSONL rows of `selfimprove judge`; a bad line or a missing field names the file, row and field."""
+    if not os.path.isfile(path):
+        raise UserError(f"judge: input file not found: {path}")
+    rows = []
+    for i, row in jsonl_objects(path, "judge"):
+        for field in fields:
+            if not isinstance(row.get(field), str):
+                raise UserError(f"judge: {path} row {i} has no '{field}' field (a string)")
+        rows.append(row)
+    return rows
+
+
+def cmd_judge(o: JudgeOptions, overrides: list[str]) -> int:
+    """Self-J scores of (question, answer[, reference]) rows with a trained judge (one forward pass each)."""
+    rows = _read_judge_rows(o.input, [o.question_column, o.answer_column])
+    for key, tpl, ref in (("template", o.template, False), ("reference_template", o.reference_template, True)):
+        errs = sj.template_errors(tpl, ref, key) if tpl else []
+        if errs:
+            raise UserError(f"judge: {errs[0]}")
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    model, tokenizer, (teacher, student) = sj.load_judge(resolve_model_path(o.model))
+    # a row with a (non-empty) reference is scored in the with-reference view, the others reference-free
+    has_ref = [bool(r.get(o.reference_column)) for r in rows]
+    for view, template in ((True, o.reference_template or teacher), (False, o.template or student)):
+        idx = [i for i, h in enumerate(has_ref) if h == view]
+        refs = [rows[i][o.reference_column] for i in idx] if view else None
+        scores = sj.judge_scores(model, tokenizer, [rows[i][o.question_column] for i in idx],
+                                 [rows[i][o.answer_column] for i in idx], refs, template, o.batch_size)
+        for i, (score, probs) in zip(idx, scores):
+            rows[i].update({"score": score, "probs": probs, "view": "with_reference" if view else "without"})
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    if not o.out:
+        sys.stdout.writelines(lines)
+        return 0
+    with open(o.out + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(o.out + ".tmp", o.out)
+    mean = sum(r["score"] for r in rows) / max(len(rows), 1)
+    print(f"wrote {len(rows)} scored rows to {o.out} (mean score {mean:.2f} of 9)")
+    return 0
+
+
+# --------------------------------------------------------------------------- tiny
+
+
+@dataclass
+class TinyOptions:
+    force: bool = opt(False, "rebuild even if cached")
+
+
+def cmd_tiny(o: TinyOptions, overrides: list[str]) -> int:
+    print(build_tiny(tiny_path()) if o.force else ensure_tiny())
+    return 0
+
+
+# name -> (options, function, one-line description)
+COMMANDS = {
+    "train": (TrainOptions, cmd_train, "train with a recipe (on-policy RL, or judge / reward-model training)"),
+    "eval": (EvalOptions, cmd_eval, "accuracy, best-of-k or two-turn self-correction of a model on a task"),
+    "metrics": (MetricsOptions, cmd_metrics, "self-correction metrics from a traces or outcomes JSONL file"),
+    "cct": (CCTOptions, cmd_cct, "confidence/critique (CCT) SFT data from the model's own first attempts"),
+    "sft": (SFTOptions, cmd_sft, "fine-tune on prompt-completion JSONL (CCT data) with TRL's SFTTrainer"),
+    "judge": (JudgeOptions, cmd_judge, "score (question, answer[, reference]) JSONL rows with a Self-J judge"),
+    "tiny": (TinyOptions, cmd_tiny, "build (or locate) the embedded tiny model"),
+}

@@ -1,0 +1,39 @@
+"""Plain Hugging Face loading shared by the policy and the scorers (judges, reward models).
+
+A base module: it imports nothing of selfimprove but errors, so `reward/` can use it too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from selfimprove.errors import UserError
+
+
+def model_source(path: str, what: str = "model") -> str:
+    """A local folder (which must hold config.json) or a hub name (only when online)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{what}: {path} is not a Hugging Face model folder (no config.json)")
+        return str(p)
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"{what}: path does not exist: {path}")
+    return path  # a hub name: transformers will fetch it (when online)
+
+
+def load_tokenizer(path: str, what: str = "model", chat_template: bool = True):
+    """The tokenizer of `path`, with EOS as the pad token when it has none."""
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"{what}: cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if chat_template and tok.chat_template is None:
+        raise UserError(f"{what}: the tokenizer of {path} has no chat template")
+    return tok

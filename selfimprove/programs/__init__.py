@@ -1,0 +1,96 @@
+"""Offline programs: training that is not on-policy RL (a judge, a reward model), listed in `PROGRAMS`.
+
+A program owns its loop (`train(recipe, log) -> summary`) and its recipe: a dataclass of typed
+sections, where `algorithm:` holds the program's own options and `train:` is `FitConfig` (epochs,
+batch size, optimizer), never the on-policy `TrainConfig` with other meanings. `selfimprove train`
+dispatches on `algorithm.name` to a program or to the on-policy loop.
+
+    ALGORITHMS (algorithms/)   nft, grpo, rft, score, ssr   -> loop.run
+    PROGRAMS   (programs/)     selfj (train_judge.py), reward_model (train_rm.py)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from selfimprove.config import check_data, check_log, check_model, check_sampling
+from selfimprove.errors import UserError
+from selfimprove.options import opt
+
+PROGRAMS = {
+    "selfj": "selfimprove.programs.train_judge",
+    "reward_model": "selfimprove.programs.train_rm",
+}
+
+
+@dataclass(frozen=True)
+class Program:
+    """One offline program. Recipe: its recipe dataclass (with `algorithm` = its Config); train: (recipe, log)
+    -> summary dict (also written to the run folder); check: (recipe) -> value errors, before anything runs."""
+
+    name: str
+    Recipe: type
+    train: Callable[[Any, Callable], dict]
+    check: Callable[[Any], list[str]]
+
+
+def get_program(name: str) -> Program | None:
+    """The registered program `name`, or None (an on-policy algorithm, or unknown)."""
+    if name not in PROGRAMS:
+        return None
+    return importlib.import_module(PROGRAMS[name]).PROGRAM
+
+
+@dataclass
+class SamplingConfig:
+    """`generation:` of a program: how the policy samples the answers it learns from (hf engine)."""
+
+    n: int = opt(4, "samples per prompt")
+    temperature: float = opt(1.0, "sampling temperature (0: greedy)")
+    top_p: float = opt(1.0, "nucleus sampling")
+    max_new_tokens: int = opt(256, "tokens per answer at most")
+    batch_size: int = opt(512, "sequences per generate call")
+
+
+@dataclass
+class FitConfig:
+    """`train:` of a program: passes over a fixed dataset."""
+
+    epochs: float = opt(1.0, "passes over the training examples")
+    batch_size: int = opt(64, "examples per optimizer step, over all processes")
+    max_steps: int = opt(0, "> 0: stop after this many optimizer steps")
+    micro_batch_size: int = opt(8, "examples per forward/backward (gradient accumulation)")
+    lr: float = opt(1e-5, "peak learning rate")
+    lr_schedule: str = opt("constant", "constant | linear | cosine (after warmup)")
+    warmup_steps: int = opt(0, "optimizer steps of linear warm-up")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm")
+    max_seconds: float = opt(0.0, "> 0: stop training after this many seconds")
+    threads: int = opt(0, "torch threads per process (0: torch's default)")
+
+
+def check_fit(t: FitConfig) -> None:
+    checks = [
+        (t.epochs > 0, "train.epochs must be > 0"),
+        (t.batch_size >= 1 and t.micro_batch_size >= 1, "train.batch_size and train.micro_batch_size must be >= 1"),
+        (t.max_steps >= 0 and t.warmup_steps >= 0, "train.max_steps and train.warmup_steps must be >= 0"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine"),
+        (t.max_seconds >= 0 and t.threads >= 0, "train.max_seconds and train.threads must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+def check_program_recipe(recipe) -> None:
+    """The sections every program recipe shares (model, data, generation, train, log)."""
+    check_model(recipe.model)
+    check_data(recipe.data)
+    check_sampling(recipe.generation)
+    check_fit(recipe.train)
+    check_log(recipe.log)

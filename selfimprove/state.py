@@ -1,0 +1,135 @@
+"""The state of an on-policy run and its construction: everything a user can get wrong is checked in
+`setup`, before anything is written (recipe values, rewards, data, model, prompt lengths, resume)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import set_seed
+
+from reward import build_rewards
+from selfimprove import checkpoint
+from selfimprove.algorithms import Algorithm, get_algorithm
+from selfimprove.data import encode_prompts, get_task, load_examples, require_answers
+from selfimprove.distributed import configure_deepspeed, make_accelerator, zero_stage
+from selfimprove.engines import make_engine
+from selfimprove.errors import UserError
+from selfimprove.optim import make_optimizer, make_scheduler
+from selfimprove.policy import (
+    add_lora,
+    context_length,
+    frozen_copy,
+    load_model,
+    load_quantized,
+    load_tokenizer,
+    resolve_model_path,
+)
+from selfimprove.runlog import RunLog
+
+
+@dataclass
+class State:
+    recipe: object
+    algo: Algorithm
+    accelerator: object
+    model: object
+    ref_model: object
+    tokenizer: object
+    optimizer: object
+    scheduler: object
+    engine: object
+    rewards: list
+    train_examples: list
+    eval_examples: list
+    run: RunLog
+    step: int = 0
+    history: list = field(default_factory=list)
+    eval_traces: dict = field(default_factory=dict)
+    eval_means: dict = field(default_factory=dict)  # tag -> {reward name: mean on the eval set}
+    resume_from: object = None  # the checkpoint this run continues (train.resume), or None
+    evals: list = field(default_factory=list)  # (step, accuracy) so far
+    summary: dict = field(default_factory=dict)
+    elapsed: float = 0.0  # training seconds before this process started (resumed runs)
+
+
+def _examples(recipe, eval_on: bool) -> tuple[list, list]:
+    """Training examples (enough for every step) and the eval set (empty when no evaluation is asked)."""
+    d = recipe.data
+    n_train = max(recipe.train.steps, 1) * recipe.train.prompts_per_step
+    train_examples = load_examples(d.train, d, d.train_split, n_train=n_train, seed=recipe.seed)
+    if not eval_on:
+        return train_examples, []
+    eval_src = d.eval or (d.train if get_task(d.train) else None)
+    if eval_src is None:
+        raise UserError("eval is on but data.eval is not set (a held-out file or dataset)")
+    eval_examples = load_examples(eval_src, d, d.eval_split)[: recipe.eval.n]
+    require_answers(eval_examples, eval_src, d.answer_column)
+    return train_examples, eval_examples
+
+
+def _check_lengths(recipe, tokenizer, ctx_len: int, train_examples, eval_examples) -> None:
+    """A prompt plus its completion must fit the model's context (before anything is written)."""
+    d = recipe.data
+    # synthetic tasks are uniform: a sample of prompts stands for all; user data is checked whole
+    sample = train_examples[:2000] if get_task(d.train) else train_examples
+    for examples, new, key in ((sample, recipe.generation.max_new_tokens, "generation"),
+                               (eval_examples, recipe.eval.max_new_tokens, "eval")):
+        ids = encode_prompts(tokenizer, examples, d.max_prompt_tokens)
+        longest = max((len(x) for x in ids), default=0)
+        if ids and longest + new > ctx_len:
+            raise UserError(f"data: a prompt of {longest} tokens + {key}.max_new_tokens={new} "
+                            f"exceeds the model's context of {ctx_len} tokens")
+
+
+def setup(recipe, log=print) -> State:
+    """Everything a user can get wrong is checked here, before anything is written."""
+    algo, t = get_algorithm(recipe.algorithm.name), recipe.train
+    accelerator = make_accelerator(recipe.model.dtype)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    set_seed(recipe.seed)
+    if t.prompts_per_step % accelerator.num_processes:
+        raise UserError(f"train.prompts_per_step={t.prompts_per_step} must be divisible by the "
+                        f"{accelerator.num_processes} processes")
+    rewards = build_rewards(recipe.rewards)
+    names = [r.name for r in rewards]
+    eval_on = recipe.eval.before or recipe.eval.after or recipe.eval.every
+    if eval_on and recipe.eval.reward not in names:
+        raise UserError(f"eval.reward '{recipe.eval.reward}' is not one of the recipe's rewards ({', '.join(names)})")
+    train_examples, eval_examples = _examples(recipe, eval_on)
+
+    path = resolve_model_path(recipe.model.path, log=log if accelerator.is_main_process else (lambda *a: None))
+    tokenizer = load_tokenizer(path)
+    # QLoRA: a frozen quantized base under LoRA; else fp32 master weights (model.dtype sets the autocast precision)
+    model = load_quantized(path, recipe.model) if recipe.model.quantize != "none" else load_model(path, "float32")
+    _check_lengths(recipe, tokenizer, context_length(model), train_examples, eval_examples)
+    if recipe.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    lora = bool(recipe.model.lora_r)
+    if lora:
+        model = add_lora(model, recipe.model)
+    # with LoRA the reference is the same model with its adapters switched off: no second copy
+    ref_model = (model if lora else frozen_copy(model)) if algo.needs_reference(recipe.algorithm) else None
+    resume_from = checkpoint.find(recipe)
+    # after the reference copy: the reference stays the starting model. Under ZeRO-3 the parameters are
+    # already partitioned here; DeepSpeed's own checkpoint restores them in _resume
+    if resume_from is not None and zero_stage(accelerator) != 3:
+        checkpoint.load_policy_weights(model, resume_from, lora)
+
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t, accelerator)
+    # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
+    scheduler = make_scheduler(optimizer, t, t.steps * t.mini_batches)
+    configure_deepspeed(accelerator, t)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if ref_model is not None and not lora:
+        ref_model = ref_model.to(accelerator.device)
+    engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
+                         seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
+                         model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
+                         lora_r=recipe.model.lora_r)
+    random.Random(recipe.seed).shuffle(train_examples)
+    return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
+                 train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process),
+                 resume_from=resume_from)
