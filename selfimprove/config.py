@@ -74,11 +74,10 @@ class RewardSpec:
 
 
 @dataclass
-class TrainConfig:
-    steps: int = opt(100, "rollout steps")
-    prompts_per_step: int = opt(8, "prompts per step, over all processes")
-    mini_batches: int = opt(1, "optimizer steps per rollout step (NFT paper: 16)")
-    micro_batch_size: int = opt(64, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
+class OptimConfig:
+    """The optimizer fields every `train:` section shares (on-policy `TrainConfig`, programs' `FitConfig`)."""
+
+    micro_batch_size: int = opt(64, "sequences per forward/backward (gradient accumulation)")
     lr: float = opt(1e-5, "peak learning rate")
     lr_schedule: str = opt("constant", "constant | linear | cosine (after warmup)")
     warmup_steps: int = opt(0, "optimizer steps of linear warm-up")
@@ -88,6 +87,13 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm")
     max_seconds: float = opt(0.0, "> 0: stop training after this many seconds (a time budget)")
     threads: int = opt(0, "torch threads per process (0: torch's default)")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    steps: int = opt(100, "rollout steps")
+    prompts_per_step: int = opt(8, "prompts per step, over all processes")
+    mini_batches: int = opt(1, "optimizer steps per rollout step (NFT paper: 16)")
     resume: str = opt("", "auto: continue the run folder's last whole checkpoint (if any); or a checkpoint folder")
 
 
@@ -182,6 +188,16 @@ def check_generation(g: GenerationConfig) -> None:
     ])
 
 
+def check_optim(t: OptimConfig) -> None:
+    _first([
+        (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine"),
+        (t.threads >= 0, "train.threads must be >= 0"),
+        (t.max_seconds >= 0 and t.warmup_steps >= 0, "train.max_seconds and train.warmup_steps must be >= 0"),
+    ])
+
+
 def check_log(log: LogConfig) -> None:
     _first([
         (log.every >= 1, "log.every must be >= 1"),
@@ -197,15 +213,11 @@ def validate(recipe: Recipe) -> None:
     check_data(recipe.data)
     check_generation(g)
     check_log(recipe.log)
+    check_optim(t)
     _first([
         (t.steps >= 0, "train.steps must be >= 0"),
         (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
         (t.mini_batches >= 1, "train.mini_batches must be >= 1"),
-        (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
-        (t.lr > 0, "train.lr must be > 0"),
-        (t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine"),
-        (t.threads >= 0, "train.threads must be >= 0"),
-        (t.max_seconds >= 0 and t.warmup_steps >= 0, "train.max_seconds and train.warmup_steps must be >= 0"),
         (len(recipe.rewards) >= 1, "rewards: at least one reward is needed"),
         (e.n >= 1, "eval.n must be >= 1"),
         (e.temperature >= 0, "eval.temperature must be >= 0"),

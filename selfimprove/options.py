@@ -206,7 +206,7 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.init or f.metadata.get("hidden"):
+        if not f.init:
             continue
         tp = hints[f.name]
         default = f.default if f.default is not MISSING else (

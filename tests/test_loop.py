@@ -1,11 +1,14 @@
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from selfimprove import loop
+from selfimprove.algorithms import Algorithm
 from selfimprove.batch import collate, token_logprobs
 from selfimprove.config import RewardSpec
+from selfimprove.errors import UserError
 from selfimprove.logprobs import reference_logprobs
 from selfimprove.loop import run
 from selfimprove.policy import load_model
@@ -28,24 +31,13 @@ def test_collate_masks_only_trainable_turns_aligned_to_targets():
     assert b["advantage"].tolist() == [0.5, 0.0]
 
 
-RECIPE = """
-model: {{path: {model}}}
-data: {{train: arith}}
-generation: {{n: 4, max_new_tokens: 5}}
-rewards:
-  - {{fn: number_format, weight: 1.0}}
-  - {{fn: math_correct, weight: 1.0}}
-algorithm: {{name: {algo}}}
-train: {{steps: 3, prompts_per_step: 4, micro_batch_size: 6, mini_batches: 2, lr: 1.0e-3}}
-eval: {{before: true, after: true, n: 16, reward: math_correct, max_new_tokens: 5}}
-log: {{out: {out}, name: run, every: 1, traces_every: 1, progress: false}}
-"""
+LOOP = dict(train={"micro_batch_size": 6, "mini_batches": 2}, eval={"before": True, "after": True},
+            log={"traces_every": 1})
 
 
 @pytest.mark.parametrize("algo", ["nft", "grpo", "rft", "score"])
-def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini_model, algo):
-    p = tmp_path / "r.yaml"
-    p.write_text(RECIPE.format(model=mini_model, algo=algo, out=tmp_path / "runs"))
+def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini_model, write_recipe, algo):
+    p = write_recipe(algorithm={"name": algo}, **LOOP)
     overrides = {"nft": ["algorithm.filter_groups=false"], "rft": ["algorithm.filter_groups=false"],
                  "score": ["algorithm.stage1_steps=1", "algorithm.instruction=reask"]}.get(algo, [])
     recipe = load_recipe(p, overrides)
@@ -78,11 +70,10 @@ def constant_reward(traces, ctx):
     return [1.0] * len(traces)
 
 
-def test_no_optimizer_step_when_nothing_carries_a_gradient(tmp_path, mini_model):
+def test_no_optimizer_step_when_nothing_carries_a_gradient(tmp_path, mini_model, write_recipe):
     # every group has equal rewards: GRPO advantages are exactly 0, so the weights must not move at all
     # (Adam's momentum and weight decay would still move them on an empty step)
-    p = tmp_path / "r.yaml"
-    p.write_text(RECIPE.format(model=mini_model, algo="grpo", out=tmp_path / "runs"))
+    p = write_recipe(algorithm={"name": "grpo"}, **LOOP)
     recipe = load_recipe(p, ["eval.before=false", "eval.after=false", "train.weight_decay=0.1"])
     recipe.rewards = [RewardSpec(fn="tests.test_loop:constant_reward")]
     summary = run(recipe, log=lambda *a: None)
@@ -92,18 +83,16 @@ def test_no_optimizer_step_when_nothing_carries_a_gradient(tmp_path, mini_model)
     assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
 
 
-def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, mini_model):
-    p = tmp_path / "r.yaml"
-    p.write_text(RECIPE.format(model=mini_model, algo="grpo", out=tmp_path / "runs"))
+def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, mini_model, write_recipe):
+    p = write_recipe(algorithm={"name": "grpo"}, **LOOP)
     recipe = load_recipe(p, ["model.dtype=bfloat16", "eval.before=false", "eval.after=false", "train.steps=1"])
     summary = run(recipe, log=lambda *a: None)
     after = load_model(summary["run_dir"] + "/checkpoints/step-000001")
     assert next(after.parameters()).dtype == torch.float32
 
 
-def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(tmp_path, mini_model):
-    p = tmp_path / "r.yaml"
-    p.write_text(RECIPE.format(model=mini_model, algo="score", out=tmp_path / "runs"))
+def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(tmp_path, mini_model, write_recipe):
+    p = write_recipe(algorithm={"name": "score"}, **LOOP)
     recipe = load_recipe(p, ["model.lora_r=4", "algorithm.stage1_steps=1", "algorithm.instruction=reask",
                              "eval.before=false", "eval.after=false", "train.steps=2"])
     state = loop.setup(recipe, log=lambda *a: None)
@@ -118,3 +107,25 @@ def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(
         expect = token_logprobs(base, collate(traces[:2], state.tokenizer.pad_token_id))
     assert torch.allclose(torch.tensor(ref), expect, atol=1e-5)  # the reference = the base model
     assert "kl_turn1" in row
+
+
+def test_an_algorithm_from_outside_the_registry_runs_through_the_record(tmp_path, mini_model, write_recipe):
+    """The README's example algorithm, named by its module path: the loop reads its Algorithm record."""
+    p = write_recipe(algorithm={"name": "tests.algorithms.user_algo"}, **LOOP)
+    recipe = load_recipe(p, ["eval.before=false", "eval.after=false", "train.steps=2", "train.mini_batches=1",
+                             "algorithm.loss_agg=seq-mean"])
+    assert recipe.algorithm.name == "tests.algorithms.user_algo" and recipe.algorithm.loss_agg == "seq-mean"
+    summary = run(recipe, log=lambda *a: None)
+    rows = [json.loads(x) for x in open(summary["run_dir"] + "/metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["optimizer_steps"] == 1 for r in rows)
+    with pytest.raises(UserError, match="does not export ALGORITHM = Algorithm"):
+        load_recipe(p, ["algorithm.name=tests.test_loop"])
+
+
+def test_an_algorithm_config_must_carry_the_aggregation_fields():
+    @dataclass
+    class Bare:
+        name: str = "bare"
+
+    with pytest.raises(TypeError, match=r"Config lacks \['loss_agg', 'loss_constant'\]"):
+        Algorithm(name="bare", Config=Bare, prepare=lambda t, c: t, loss=lambda b, lp, c: (lp, {}))

@@ -15,7 +15,17 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from selfimprove.config import check_data, check_log, check_model, check_sampling
+from selfimprove.config import (
+    DataConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    check_data,
+    check_log,
+    check_model,
+    check_optim,
+    check_sampling,
+)
 from selfimprove.errors import UserError
 from selfimprove.options import opt
 
@@ -55,42 +65,43 @@ class SamplingConfig:
 
 
 @dataclass
-class FitConfig:
-    """`train:` of a program: passes over a fixed dataset."""
+class FitConfig(OptimConfig):
+    """`train:` of a program: passes over a fixed dataset (and the optimizer fields of every `train:`)."""
 
+    micro_batch_size: int = opt(8, "examples per forward/backward (gradient accumulation)")
     epochs: float = opt(1.0, "passes over the training examples")
     batch_size: int = opt(64, "examples per optimizer step, over all processes")
     max_steps: int = opt(0, "> 0: stop after this many optimizer steps")
-    micro_batch_size: int = opt(8, "examples per forward/backward (gradient accumulation)")
-    lr: float = opt(1e-5, "peak learning rate")
-    lr_schedule: str = opt("constant", "constant | linear | cosine (after warmup)")
-    warmup_steps: int = opt(0, "optimizer steps of linear warm-up")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    adam_beta1: float = opt(0.9, "AdamW beta1")
-    adam_beta2: float = opt(0.999, "AdamW beta2")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm")
-    max_seconds: float = opt(0.0, "> 0: stop training after this many seconds")
-    threads: int = opt(0, "torch threads per process (0: torch's default)")
 
 
-def check_fit(t: FitConfig) -> None:
-    checks = [
-        (t.epochs > 0, "train.epochs must be > 0"),
-        (t.batch_size >= 1 and t.micro_batch_size >= 1, "train.batch_size and train.micro_batch_size must be >= 1"),
-        (t.max_steps >= 0 and t.warmup_steps >= 0, "train.max_steps and train.warmup_steps must be >= 0"),
-        (t.lr > 0, "train.lr must be > 0"),
-        (t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine"),
-        (t.max_seconds >= 0 and t.threads >= 0, "train.max_seconds and train.threads must be >= 0"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+@dataclass
+class ProgramRecipe:
+    """The sections every program's recipe has; a program re-declares generation, algorithm and train
+    with its own types and defaults."""
+
+    seed: int = opt(0, "random seed")
+    model: ModelConfig = opt(ModelConfig(), "the starting model")
+    data: DataConfig = opt(DataConfig(), "the program's data")
+    generation: SamplingConfig = opt(SamplingConfig(), "how the policy samples")
+    algorithm: Any = opt(None, "the program's options")
+    train: FitConfig = opt(FitConfig(), "training")
+    log: LogConfig = opt(LogConfig(), "the run folder")
+    source: str = opt("", "the recipe file it came from (set by load_recipe)")
 
 
-def check_program_recipe(recipe) -> None:
+def check_program_recipe(recipe: ProgramRecipe) -> None:
     """The sections every program recipe shares (model, data, generation, train, log)."""
     check_model(recipe.model)
     check_data(recipe.data)
     check_sampling(recipe.generation)
-    check_fit(recipe.train)
+    check_optim(recipe.train)
+    t = recipe.train
+    checks = [
+        (t.epochs > 0, "train.epochs must be > 0"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.max_steps >= 0, "train.max_steps must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
     check_log(recipe.log)

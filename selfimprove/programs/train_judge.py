@@ -28,7 +28,7 @@ from accelerate.utils import gather_object, set_seed
 
 from reward import build_rewards
 from reward import selfj as sj
-from selfimprove.config import DataConfig, LogConfig, ModelConfig, RewardSpec
+from selfimprove.config import RewardSpec
 from selfimprove.data import get_task, load_examples, require_answers
 from selfimprove.distributed import accumulation_boundary, empty_backward, global_max, global_sums, make_accelerator
 from selfimprove.errors import UserError
@@ -36,7 +36,7 @@ from selfimprove.evaluation.metrics import judge_report
 from selfimprove.optim import make_optimizer, make_scheduler
 from selfimprove.options import opt
 from selfimprove.policy import add_lora, context_length, load_model, load_tokenizer, resolve_model_path
-from selfimprove.programs import FitConfig, Program, SamplingConfig, check_program_recipe
+from selfimprove.programs import FitConfig, Program, ProgramRecipe, SamplingConfig, check_program_recipe
 from selfimprove.programs.judge_labels import DEFAULT_EMBEDDER, answer_and_label, load_embedder
 from selfimprove.rollout import CORRECT_THRESHOLD
 from selfimprove.runlog import RunLog
@@ -62,18 +62,13 @@ class Config:
 
 
 @dataclass
-class SelfJRecipe:
+class SelfJRecipe(ProgramRecipe):
     """The recipe of the `selfj` program."""
 
-    seed: int = opt(0, "random seed")
-    model: ModelConfig = opt(ModelConfig(), "the judge's starting model (and the policy unless algorithm.policy)")
-    data: DataConfig = opt(DataConfig(), "questions with gold references")
     generation: SamplingConfig = opt(SamplingConfig(n=4), "how the policy samples its answers (n per question)")
     algorithm: Config = opt(Config(), "Self-J's options")
     train: FitConfig = opt(FitConfig(epochs=2, batch_size=128, micro_batch_size=64), "judge training (paper: 2 "
                            "epochs, batch 128)")
-    log: LogConfig = opt(LogConfig(), "the run folder")
-    source: str = opt("", "the recipe file it came from (set by load_recipe)")
 
 
 def check(recipe: SelfJRecipe) -> list[str]:

@@ -47,7 +47,7 @@ import torch
 from reward import RewardContext, build_rewards, score
 from reward.reward_model import encode, score_ids
 from selfimprove.algorithms.common import choice_errors
-from selfimprove.config import DataConfig, LogConfig, ModelConfig, RewardSpec
+from selfimprove.config import RewardSpec
 from selfimprove.data import get_task, load_examples, read_rows, require_answers
 from selfimprove.distributed import make_accelerator
 from selfimprove.engines import Sampling, make_engine
@@ -56,7 +56,7 @@ from selfimprove.evaluation.metrics import best_of_n_stats
 from selfimprove.evaluation.report import summary_table
 from selfimprove.options import opt
 from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
-from selfimprove.programs import FitConfig, Program, SamplingConfig, check_program_recipe
+from selfimprove.programs import FitConfig, Program, ProgramRecipe, SamplingConfig, check_program_recipe
 from selfimprove.rollout import CORRECT_THRESHOLD, is_correct, sample
 from selfimprove.runlog import RunLog
 from selfimprove.trace import groups
@@ -80,17 +80,12 @@ class Config:
 
 
 @dataclass
-class RewardModelRecipe:
+class RewardModelRecipe(ProgramRecipe):
     """The recipe of the `reward_model` program."""
 
-    seed: int = opt(0, "random seed")
-    model: ModelConfig = opt(ModelConfig(), "the starting model (a scalar head is added)")
-    data: DataConfig = opt(DataConfig(), "pairs, scored rows, or prompts with answers (pairs_from: self)")
     generation: SamplingConfig = opt(SamplingConfig(n=8), "self: how the policy samples (n answers per prompt)")
     algorithm: Config = opt(Config(), "the reward model's options")
     train: FitConfig = opt(FitConfig(), "reward-model training (TRL's RewardTrainer)")
-    log: LogConfig = opt(LogConfig(), "the run folder")
-    source: str = opt("", "the recipe file it came from (set by load_recipe)")
 
 
 def check(recipe: RewardModelRecipe) -> list[str]:

@@ -56,20 +56,29 @@ def _example(question: str, answer: str, idx: str, system_prompt: str | None) ->
     return Example(id=idx, prompt=msgs, answer=answer, task="arith")
 
 
-def heldout(o: ArithOptions, system_prompt: str | None = None) -> list[Example]:
-    """The fixed held-out split: `n_heldout` distinct problems drawn with `heldout_seed`."""
-    rng = random.Random(o.heldout_seed)
-    seen, out = set(), []
-    for _ in range(o.n_heldout * 50):
-        if len(out) == o.n_heldout:
+def _distinct(o: ArithOptions, n: int, seed: int, tag: str, exclude: set[str], system_prompt: str | None):
+    rng = random.Random(seed)
+    seen, out = set(exclude), []
+    for _ in range(n * 50):
+        if len(out) == n:
             break
         q, a = arith_problem(rng, o)
         if q not in seen:
             seen.add(q)
-            out.append(_example(q, a, f"arith-eval-{len(out)}", system_prompt))
-    if len(out) < o.n_heldout:
-        raise UserError(f"data: the arith problem space is too small for n_heldout={o.n_heldout}")
+            out.append(_example(q, a, f"arith-{tag}-{len(out)}", system_prompt))
+    if len(out) < n:
+        raise UserError(f"data: the arith problem space is too small for {n} distinct {tag} problems")
     return out
+
+
+def heldout(o: ArithOptions, system_prompt: str | None = None) -> list[Example]:
+    """The fixed held-out split: `n_heldout` distinct problems drawn with `heldout_seed`."""
+    return _distinct(o, o.n_heldout, o.heldout_seed, "eval", set(), system_prompt)
+
+
+def validation(o: ArithOptions, n: int, seed: int) -> list[Example]:
+    """`n` distinct problems outside the held-out split (for the tiny model's early stop)."""
+    return _distinct(o, n, seed, "val", {ex.prompt[-1]["content"] for ex in heldout(o)}, None)
 
 
 def train(o: ArithOptions, n: int, seed: int, system_prompt: str | None = None) -> list[Example]:

@@ -3,12 +3,12 @@ import torch
 
 from selfimprove.algorithms import grpo
 from selfimprove.algorithms.common import group_advantages, kl_penalty
-from selfimprove.trace import Trace, Turn
+from selfimprove.trace import Trace
+from tests.conftest import make_trace
 
 
 def _trace(group, reward):
-    return Trace(id=f"{group}-{reward}", group_id=group, task="t", prompt=[], turns=[Turn("assistant", "", [1])],
-                 reward=reward)
+    return make_trace(group=group, reward=reward)
 
 
 def test_group_advantages_sample_and_population_std():

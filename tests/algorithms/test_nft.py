@@ -7,7 +7,7 @@ import torch
 
 from selfimprove.algorithms import grpo, nft
 from selfimprove.algorithms.common import aggregate, group_advantages
-from selfimprove.trace import Trace, Turn
+from tests.conftest import make_trace
 
 
 def per_token(R: float, correct: float, rhat: float = 0.25, **cfg_kw):
@@ -107,8 +107,7 @@ def test_constant_and_token_mean_reductions():
 
 
 def _trace(group, reward):
-    return Trace(id=f"{group}-{reward}", group_id=group, task="t", prompt=[], turns=[Turn("assistant", "", [1])],
-                 reward=reward)
+    return make_trace(group=group, reward=reward)
 
 
 def test_prepare_labels_rates_and_drops_uninformative_groups():

@@ -13,13 +13,12 @@ from selfimprove.loop import run
 from selfimprove.policy import load_tokenizer
 from selfimprove.recipe import load_recipe
 from selfimprove.tiny import translate as toy_mt
-from selfimprove.trace import Trace, Turn
+from tests.conftest import make_trace
 
 
 def _trace(group, text, rewards=None, answer=None, reward=0.0):
-    return Trace(id=f"{group}-{text}", group_id=group, task="t", prompt=[{"role": "user", "content": "translate: a b"}],
-                 answer=answer, turns=[Turn("user", "", [1]), Turn("assistant", text, [2], trainable=True)],
-                 rewards=dict(rewards or {}), reward=reward)
+    return make_trace(text, group=group, prompt="translate: a b", answer=answer, reward=reward,
+                      rewards=dict(rewards or {}))
 
 
 def test_ssr_is_registered_and_gates_failed_formats_before_grpo():

@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from selfimprove.batch import collate, token_logprobs
-from selfimprove.data import Example
-from selfimprove.engines import Sampling
+from selfimprove.config import DataConfig
+from selfimprove.data import Example, load_examples
+from selfimprove.engines import Sample, Sampling
 from selfimprove.engines.hf import HFEngine, sample_token
 from selfimprove.policy import load_model, load_tokenizer
-from selfimprove.rollout import make_traces
+from selfimprove.rollout import make_traces, sample
 
 
 def load(path):
@@ -108,3 +109,26 @@ def test_seeded_samples_do_not_depend_on_batching(mini_model):
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
     other = engine.generate(ids, sp, seeds=[21, 22, 23, 24])
     assert [[s.token_ids for s in g] for g in other] != [[s.token_ids for s in g] for g in together]
+
+
+class EchoEngine:  # the README's "Adding an engine" example
+    generator = None
+
+    def generate(self, prompts, sampling, seeds=None):
+        return [[Sample([p[-1]], [0.0], "length") for _ in range(sampling.n)] for p in prompts]
+
+    def load_weights(self): ...
+
+    def sleep(self): ...
+
+    def wake(self): ...
+
+    def close(self): ...
+
+
+def test_any_object_with_the_engine_methods_is_an_engine(mini_model):
+    tok = load_tokenizer(mini_model)
+    examples = load_examples("arith", DataConfig(), "test")[:3]
+    traces = sample(EchoEngine(), tok, examples, Sampling(n=2), tag="e", max_prompt_tokens=64)
+    assert [t.id for t in traces] == ["e-0-0", "e-0-1", "e-1-0", "e-1-1", "e-2-0", "e-2-1"]
+    assert all(t.completion.token_ids == [t.turns[0].token_ids[-1]] and t.completion.trainable for t in traces)

@@ -20,7 +20,7 @@ from selfimprove.programs.train_rm import (
     train,
 )
 from selfimprove.recipe import load_recipe
-from selfimprove.trace import Trace, Turn
+from tests.conftest import make_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = ROOT / "recipes/reward_model/tiny_arith.yaml"
@@ -31,8 +31,7 @@ def user(text):
 
 
 def trace(i, group, text, prompt="1+1="):
-    return Trace(id=f"t{i}", group_id=group, task="arith", prompt=user(prompt),
-                 turns=[Turn("user", prompt, [1]), Turn("assistant", text, [2], trainable=True)], answer="2")
+    return make_trace(text, group=group, idx=i, prompt=prompt, answer="2")
 
 
 def test_scored_rows_become_pairs_within_a_prompt_ties_skipped():

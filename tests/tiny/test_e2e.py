@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def tiny():
-    return str(ensure_tiny(log=lambda *a: None))  # cached after the first build (about 80 s on 2 cores)
+    return str(ensure_tiny(log=lambda *a: None))  # cached after the first build (about 2.5 min on 2 cores)
 
 
 @pytest.mark.slow

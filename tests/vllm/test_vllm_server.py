@@ -78,9 +78,10 @@ def test_no_server_is_one_clear_error_after_the_connect_timeout():
 
 def test_the_cli_reports_an_unreachable_server_in_one_line(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{path: tiny}}\nrewards: [{{fn: math_correct}}]\nalgorithm: {{name: grpo}}\n"
-                      f"generation: {{backend: vllm-server, server_url: 'http://127.0.0.1:{_port()}', "
-                      f"server_connect_timeout: 1}}\ntrain: {{steps: 1}}\nlog: {{out: {tmp_path / 'runs'}}}\n")
+    recipe.write_text(f"model: {{path: tiny}}\ndata: {{train: arith}}\nrewards: [{{fn: math_correct}}]\n"
+                      f"algorithm: {{name: grpo}}\ngeneration: {{backend: vllm-server, max_new_tokens: 8, "
+                      f"server_url: 'http://127.0.0.1:{_port()}', server_connect_timeout: 1}}\n"
+                      f"train: {{steps: 1}}\nlog: {{out: {tmp_path / 'runs'}}}\n")
     out = subprocess.run([sys.executable, "-m", "selfimprove", "train", str(recipe)], capture_output=True, text=True,
                          env={**BASE_ENV, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert out.returncode == 2
