@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from selfimprove.errors import UserError
-from selfimprove.hub import load_tokenizer, model_source
+from selfimprove.hub import load_tokenizer, resolve_model
 
 NORMALIZE = ("none", "sigmoid")
 
@@ -56,7 +56,7 @@ def score_ids(model, pad_id: int, rows: list[list[int]], batch_size: int = 64) -
 @functools.lru_cache(maxsize=4)
 def load_reward_model(path: str):
     """(model, tokenizer) of a saved RM, loaded once per path and process (rewards run every step)."""
-    local = model_source(path, "reward_model")  # a missing folder is a UserError naming it
+    local = resolve_model(path, "reward_model")  # a missing folder is a UserError naming it
     tokenizer = load_tokenizer(local, "reward_model")
     on_gpu = torch.cuda.is_available()
     try:

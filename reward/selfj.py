@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from selfimprove.errors import UserError
-from selfimprove.hub import load_tokenizer, model_source
+from selfimprove.hub import load_tokenizer, resolve_model
 
 # nusnlp/Self-J judge.py's templates ({instruction} -> {question}, {input} -> {answer})
 TEACHER_TEMPLATE = ("Please act as a precise judge and evaluate the quality of the answer to question. Rate the "
@@ -178,7 +178,7 @@ def judge_templates(path: str) -> tuple[str, str]:
 @functools.lru_cache(maxsize=4)
 def load_judge(model: str):
     """(model, tokenizer, (teacher, student) templates) of a judge folder, loaded once per process."""
-    path = model_source(model, "judge")
+    path = resolve_model(model, "judge")
     try:
         judge = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:

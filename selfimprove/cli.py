@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import typing
 import warnings
@@ -41,33 +42,44 @@ class HelpRequested(Exception):
     pass
 
 
+KEY_VALUE = re.compile(r"([A-Za-z_][\w-]*)(\.[\w.-]*)?=")
+RECIPE_KEYS = {f.name for f in dataclasses.fields(Recipe)}
+
+
 def _split(argv: list[str], hints: dict, recipe_overrides: bool):
-    """argv -> (flags {key: Text}, positional words, recipe overrides, --config path)."""
+    """argv -> (flags {key: Text}, positional words, recipe overrides, --config path). `key=value` is an
+    option only when `key` is one (for `train`: a recipe key, `section.key` included), so a path with
+    '=' in it stays a word; for `train`, `--section.key value` is an override too."""
     flags, words, overrides, config = {}, [], [], None
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
             raise HelpRequested
+        match = KEY_VALUE.match(arg)
         if arg.startswith("--"):
             key, eq, value = arg[2:].partition("=")
             key = key.replace("-", "_")
             if not eq and hints.get(key) is bool:  # a flag: --force
                 value = "true"
+            elif not eq and key.startswith("no_") and hints.get(key[3:]) is bool:  # --no-force
+                key, value = key[3:], "false"
             elif not eq:
                 if i + 1 >= len(argv):
                     raise UserError(f"{arg} needs a value")
                 i, value = i + 1, argv[i + 1]
             if key == "config":
                 config = value
+            elif recipe_overrides and key != "recipe":
+                overrides.append(f"{key}={value}")
             else:
                 flags[key] = Text(value)
-        elif "=" in arg and not arg.startswith(("/", ".")):
-            key, _, value = arg.partition("=")
-            if recipe_overrides:
-                overrides.append(arg)
-            else:
-                flags[key.replace("-", "_")] = Text(value)
+        elif match and match.group(1).replace("-", "_") == "config":
+            config = arg.partition("=")[2]
+        elif match and recipe_overrides and match.group(1) in RECIPE_KEYS:
+            overrides.append(arg)
+        elif match and not recipe_overrides and match.group(2) is None and match.group(1).replace("-", "_") in hints:
+            flags[match.group(1).replace("-", "_")] = Text(arg.partition("=")[2])
         else:
             words.append(arg)
         i += 1
@@ -86,6 +98,8 @@ def parse(cls, argv: list[str], command: str):
     if len(words) > len(positional):
         raise UserError(f"selfimprove {command}: unexpected argument '{words[len(positional)]}'")
     base = {}
+    if config and train and (words or "recipe" in flags):
+        raise UserError("selfimprove train: give the recipe once (RECIPE.yaml or --config RECIPE.yaml)")
     if config and train:
         base = {"recipe": config}
     elif config:
@@ -107,7 +121,8 @@ def parse(cls, argv: list[str], command: str):
 def command_help(command: str) -> str:
     cls, _, text = COMMANDS[command]
     positional = [f.name.upper() for f in dataclasses.fields(cls) if f.metadata.get("positional")]
-    usage = f"usage: selfimprove {command} {' '.join(positional)} [--key value | key=value ...] [--config FILE.yaml]"
+    words = " ".join(["selfimprove", command, *positional, "[--key value | key=value ...] [--config FILE.yaml]"])
+    usage = f"usage: {words}"
     if command == "train":
         return "\n".join(["usage: selfimprove train RECIPE.yaml [section.key=value ...]", "", text, "", "options:",
                           help_table(describe(cls)), "", "recipe keys (on-policy methods):", recipe_help()])

@@ -90,6 +90,15 @@ def _generation_inputs(o, rewards_specs: list[RewardSpec]):
     return examples, rewards, tokenizer, make_engine("hf", model, tokenizer, seed=o.seed)
 
 
+def check_sampling_options(o) -> None:
+    """The sampling options eval and cct share: one line per mistake, before any model is loaded."""
+    checks = [(o.n >= 1, f"--n must be >= 1, got {o.n}"), (o.temperature >= 0, f"--temperature must be >= 0, got {o.temperature}"),
+              (o.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {o.max_new_tokens}")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
 def _write_json(path: str | None, obj: dict) -> None:
     if path:
         with open(path, "w") as f:
@@ -97,9 +106,10 @@ def _write_json(path: str | None, obj: dict) -> None:
 
 
 def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
-    checks = [(o.n >= 1, f"--n must be >= 1, got {o.n}"), (o.k >= 1, f"--k must be >= 1, got {o.k}"),
-              (o.turns in (1, 2), f"--turns must be 1 or 2, got {o.turns}"),
-              (not o.pick or o.k >= 2, f"--pick needs --k >= 2 samples per problem, got {o.k}")]
+    check_sampling_options(o)
+    checks = [(o.k >= 1, f"--k must be >= 1, got {o.k}"), (o.turns in (1, 2), f"--turns must be 1 or 2, got {o.turns}"),
+              (not o.pick or o.k >= 2, f"--pick needs --k >= 2 samples per problem, got {o.k}"),
+              (not (o.pick and o.turns == 2), "--pick is best-of-k over first attempts; it does not go with --turns 2")]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
@@ -179,6 +189,7 @@ class CCTOptions:
 
 
 def cmd_cct(o: CCTOptions, overrides: list[str]) -> int:
+    check_sampling_options(o)
     examples, rewards, tokenizer, engine = _generation_inputs(o, [RewardSpec(fn=o.reward)])
     rows = build_cct(engine, tokenizer, examples, rewards, RewardContext(tokenizer, engine), o.rows, o.keep_share,
                      o.k, o.instruction, o.plain_share, Sampling(temperature=o.temperature,

@@ -47,7 +47,7 @@ class Task:
 
 def get_task(source: str) -> Task | None:
     """The synthetic task named by `source` ("arith", "arith:heldout"), or None for files and datasets."""
-    name = source.partition(":")[0]
+    name = source.removesuffix(":heldout")
     if name not in TASKS:
         return None
     return importlib.import_module(TASKS[name]).TASK

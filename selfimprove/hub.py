@@ -5,12 +5,28 @@ A base module: it imports nothing of selfimprove but errors, so `reward/` can us
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from selfimprove.errors import UserError
+
+# models the project builds itself (the tiny world), by name: "module:function" returning the folder
+NAMED_MODELS = {
+    "tiny": "selfimprove.tiny.model:ensure_tiny",
+    "tiny-correct": "selfimprove.tiny.variants:ensure_tiny_correct",  # + two-turn correction episodes (SCoRe)
+    "tiny-translate": "selfimprove.tiny.variants:ensure_tiny_translate",  # + toy translation and judging it (SSR)
+}
+
+
+def resolve_model(path: str, what: str = "model", log=print) -> str:
+    """A named model (built on first use, cached), a local folder (with config.json) or a hub name."""
+    if path in NAMED_MODELS:
+        module, _, fn = NAMED_MODELS[path].partition(":")
+        return str(getattr(importlib.import_module(module), fn)(log=log))
+    return model_source(path, what)
 
 
 def model_source(path: str, what: str = "model") -> str:

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import copy
-import importlib
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from selfimprove.errors import UserError
-from selfimprove.hub import load_tokenizer, model_source
+from selfimprove.hub import NAMED_MODELS, load_tokenizer, resolve_model
 
-__all__ = ["load_tokenizer", "load_model", "resolve_model_path"]
+__all__ = ["NAMED_MODELS", "load_tokenizer", "load_model", "resolve_model_path"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# models the project builds itself (the tiny world), by name: "module:function" returning the folder
-NAMED_MODELS = {
-    "tiny": "selfimprove.tiny.model:ensure_tiny",
-    "tiny-correct": "selfimprove.tiny.variants:ensure_tiny_correct",  # + two-turn correction episodes (SCoRe)
-    "tiny-translate": "selfimprove.tiny.variants:ensure_tiny_translate",  # + toy translation and judging it (SSR)
-}
-
-
 def resolve_model_path(path: str, log=print) -> str:
-    """A named model is built on first use (cached); a local folder must hold config.json."""
-    if path in NAMED_MODELS:
-        module, _, fn = NAMED_MODELS[path].partition(":")
-        return str(getattr(importlib.import_module(module), fn)(log=log))
-    return model_source(path)
+    """A named model of the tiny world (built on first use), a local HF folder or a hub name."""
+    return resolve_model(path, "model", log)
 
 
 def load_model(path: str, dtype: str = "float32"):

@@ -9,14 +9,15 @@ is loaded.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
-from selfimprove.algorithms import get_algorithm
+from selfimprove.algorithms import ALGORITHMS, get_algorithm
 from selfimprove.config import Recipe, validate
 from selfimprove.data import get_task, task_options
 from selfimprove.errors import UserError
 from selfimprove.options import apply_overrides, bind, plain, read_yaml
-from selfimprove.programs import get_program
+from selfimprove.programs import PROGRAMS, get_program
 
 DEFAULT_ALGORITHM = "nft"
 
@@ -41,7 +42,12 @@ def bind_recipe(raw: dict, source: str = ""):
         recipe = bind(program.Recipe, {**raw, "algorithm": algo_raw}, "")
         errors = program.check(recipe)
     else:
-        algo = get_algorithm(algo_raw["name"])
+        name = algo_raw["name"]
+        if isinstance(name, str) and name not in ALGORITHMS and "." not in name:
+            near = difflib.get_close_matches(name, [*ALGORITHMS, *PROGRAMS], n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join([*ALGORITHMS, *PROGRAMS])})"
+            raise UserError(f"unknown algorithm '{name}'{hint}")
+        algo = get_algorithm(name)
         recipe = bind(Recipe, {k: v for k, v in raw.items() if k != "algorithm"}, "")
         recipe.algorithm = bind(algo.Config, algo_raw, "algorithm")
         validate(recipe)

@@ -178,3 +178,15 @@ def test_the_library_imports_without_heavy_optional_dependencies():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_importing_reward_loads_only_base_pieces_of_selfimprove():
+    """The leaf in practice: `import reward` runs no recipe, loop, data or backend code (package
+    __init__s included) and pulls neither datasets nor accelerate."""
+    code = ("import sys, json, reward\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('selfimprove', 'datasets', "
+            "'accelerate', 'pyarrow'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert loaded <= {"selfimprove"} | REWARD_MAY_IMPORT | {"selfimprove.engines"}, sorted(loaded)

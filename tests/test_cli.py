@@ -7,7 +7,7 @@ import re
 import pytest
 
 from selfimprove.cli import main, parse
-from selfimprove.commands import COMMANDS, EvalOptions
+from selfimprove.commands import COMMANDS, EvalOptions, TrainOptions
 
 BASE = """
 model: {{path: {model}}}
@@ -101,6 +101,14 @@ def test_flags_key_values_and_config_files_bind_the_same_options(tmp_path):
     assert o.instruction == "Fix it: now" and o.pick_kwargs == {"model": "runs/x/judge"}
     o, _ = parse(EvalOptions, ["m", "--data", "d.jsonl", "--answer-column", "null"], "eval")
     assert (o.model, o.data, o.answer_column) == ("m", "d.jsonl", None)
+    o, _ = parse(EvalOptions, ["runs/a=b", "--data", "x=y.jsonl", "--temperature", "-1"], "eval")
+    assert (o.model, o.data, o.temperature) == ("runs/a=b", "x=y.jsonl", -1.0)  # paths with '=' stay words
+    o, overrides = parse(TrainOptions, ["--config", "r.yaml", "train.lr=1", "--train.steps", "5", "seed=2"], "train")
+    assert o.recipe == "r.yaml" and overrides == ["train.lr=1", "train.steps=5", "seed=2"]  # the recipe's overrides
+    o, _ = parse(EvalOptions, ["config=" + str(cfg), "model=m"], "eval")
+    assert (o.model, o.n) == ("m", 50)
+    assert parse(COMMANDS["tiny"][0], ["--no-force"], "tiny")[0].force is False
+    assert parse(COMMANDS["tiny"][0], ["--force"], "tiny")[0].force is True
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -113,6 +121,12 @@ def test_flags_key_values_and_config_files_bind_the_same_options(tmp_path):
     (["metrics"], "selfimprove metrics needs file"),
     (["sft", "tiny", "d.jsonl", "--epocs", "2"], "unknown option '--epocs'; did you mean 'epochs'"),
     (["train", "/nonexistent.yaml"], "recipe file not found: /nonexistent.yaml"),
+    (["train", "recipes/quickstart.yaml", "data.task_options.ops=+"], "keys are at most 2 levels deep"),
+    (["train", "recipes/quickstart.yaml", "algorithm.name=selfjj"], "unknown algorithm 'selfjj'; did you mean 'selfj'"),
+    (["train", "recipes/quickstart.yaml", "--config", "recipes/quickstart.yaml"], "give the recipe once"),
+    (["eval", "tiny", "--data", "arith", "--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
+    (["eval", "tiny", "--data", "arith", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["eval", "tiny", "--data", "arith", "--turns", "2", "--k", "2", "--pick", "math_correct"], "does not go with --turns 2"),
     (["nope"], "unknown command 'nope'"),
 ])
 def test_command_line_mistakes_are_one_line(argv, message, capsys):

@@ -5,7 +5,7 @@ import datasets
 import pytest
 
 from selfimprove.config import DataConfig
-from selfimprove.data import encode_prompts, load_examples
+from selfimprove.data import encode_prompts, get_task, load_examples
 from selfimprove.errors import UserError
 from selfimprove.policy import load_tokenizer
 
@@ -73,3 +73,8 @@ def test_prompt_template_builds_prompts_from_columns(tmp_path):
     (ex,) = load_examples(str(path), cfg, "train")
     assert ex.prompt == [{"role": "user", "content": "Translate the following text to Chinese: \nhello"}]
     assert ex.answer is None
+
+
+def test_task_names_are_exact():
+    assert get_task("arith").name == "arith" and get_task("arith:heldout").name == "arith"
+    assert get_task("arith:train") is None and get_task("arithmetic") is None and get_task("d.jsonl") is None

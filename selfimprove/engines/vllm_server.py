@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
+from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from selfimprove.engines.base import Sample, Sampling
@@ -77,7 +78,8 @@ def with_deadline(fn, seconds: float, what: str):
 
 class VLLMServerEngine:
     generator = None  # the server seeds each request: nothing to checkpoint
-    def __init__(self, model, tokenizer, *, gen, accelerator, seed: int = 0, lora_r: int = 0):
+    def __init__(self, model, tokenizer, *, gen, accelerator=None, seed: int = 0, lora_r: int = 0):
+        accelerator = accelerator or Accelerator(cpu=True)  # a lone engine (tests, evaluation)
         self.model, self.acc, self.gen = model, accelerator, gen
         self.url = gen.server_url.rstrip("/")
         self.timeout = gen.server_timeout

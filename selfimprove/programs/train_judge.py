@@ -55,6 +55,7 @@ class Config:
     teacher_template: str = opt(sj.TEACHER_TEMPLATE, "with-reference view (also the self-evaluation prompt)")
     student_template: str = opt(sj.STUDENT_TEMPLATE, "reference-free view (the judge at inference)")
     verifier: str | None = opt("math_correct", "reward deciding true correctness for evaluation; null: none")
+    verifier_kwargs: dict = opt({}, "options bound to the verifier (as rewards[].kwargs)")
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a verifier value >= this is correct")
     alpha: float = opt(0.3, "weight of the student CE (paper's code)")
     alpha_kd: float = opt(2.0, "weight of KL(teacher || student) (paper's code)")
@@ -270,7 +271,7 @@ def label_answers(recipe, acc, say) -> tuple:
     cfg = recipe.algorithm
     # everything a user can get wrong is checked before the (slow) sampling and before anything is written
     train_q, heldout_q = load_questions(recipe, acc)
-    verifier = build_rewards([RewardSpec(fn=cfg.verifier)])[0] if cfg.verifier else None
+    verifier = build_rewards([RewardSpec(fn=cfg.verifier, kwargs=cfg.verifier_kwargs)])[0] if cfg.verifier else None
     embedder = load_embedder(cfg.embedding_model, device=str(acc.device))
     path = resolve_model_path(recipe.model.path, log=say)
     tokenizer = load_tokenizer(path)

@@ -75,6 +75,7 @@ class Config:
     eval_share: float = opt(0.1, "share of prompts held out when there is no held-out set (0: no evaluation)")
     eval_batch_size: int = opt(64, "sequences per scoring forward pass")
     verifier: str = opt("math_correct", "self: the reward that marks the policy's samples correct")
+    verifier_kwargs: dict = opt({}, "options bound to the verifier (as rewards[].kwargs)")
     correct_threshold: float = opt(CORRECT_THRESHOLD, "self: a verifier value >= this is correct")
     n_eval: int = opt(500, "self: held-out problems for pairwise accuracy and best-of-N")
 
@@ -235,7 +236,7 @@ def sample_and_verify(engine, tokenizer, examples, sampling, verifier, recipe, t
 def collect_self_data(recipe, path: str, tokenizer, log):
     """Train pairs from the policy's own samples, and held-out samples (N per problem) for evaluation."""
     cfg, d, g = recipe.algorithm, recipe.data, recipe.generation
-    (verifier,) = build_rewards([RewardSpec(fn=cfg.verifier)])
+    (verifier,) = build_rewards([RewardSpec(fn=cfg.verifier, kwargs=cfg.verifier_kwargs)])
     if g.n < 2:
         raise UserError("generation.n must be >= 2 for self-generated pairs (a correct and an incorrect sample)")
     # a synthetic task's stream is endless: at most 8 prompts per wanted pair (the yield is logged)

@@ -12,7 +12,7 @@ from selfimprove.errors import UserError
 from selfimprove.loop import run
 from selfimprove.policy import load_tokenizer
 from selfimprove.recipe import load_recipe
-from selfimprove.tiny import translate as toy_mt
+from selfimprove.tiny import translate as tiny_translate
 from tests.conftest import make_trace
 
 
@@ -117,13 +117,13 @@ def test_segment_level_judging_averages_the_segments(mini_model):
             out = []
             for p in prompts:
                 pair = tok.decode(p, skip_special_tokens=True).split(": ")[-1].strip()
-                ids = tok(toy_mt.pair_digit(pair), add_special_tokens=False)["input_ids"]
+                ids = tok(tiny_translate.pair_digit(pair), add_special_tokens=False)["input_ids"]
                 out.append([Sample(ids, [0.0] * len(ids), "stop")])
             return out
 
     engine = PairJudge(tok)
     traces = [_trace("g", "the=ka good=su is=zo no=do"), _trace("g", "the=ka good=bo")]
-    out = self_judge(traces, RewardContext(tok, engine), template=toy_mt.JUDGE_TEMPLATE, lo=0, hi=9, segments=" ")
+    out = self_judge(traces, RewardContext(tok, engine), template=tiny_translate.JUDGE_TEMPLATE, lo=0, hi=9, segments=" ")
     assert out == pytest.approx([0.75, 1.0])
     assert len(engine.prompts) == 6 and traces[0].meta["judge.text"] == "9 | 0 | 9 | 9"
     assert traces[0].meta["judge.parse_failed"] is False
@@ -132,10 +132,10 @@ def test_segment_level_judging_averages_the_segments(mini_model):
 def test_gloss_format_requires_the_prompts_own_source_words():
     def tr(src, text, finish="stop"):
         t = _trace("g", text)
-        t.prompt = [{"role": "user", "content": toy_mt.PROMPT.format(source=src)}]
+        t.prompt = [{"role": "user", "content": tiny_translate.PROMPT.format(source=src)}]
         t.turns[-1].finish_reason = finish
         return t
 
-    got = toy_mt.gloss_format([tr("the good", "the=ka good=su"), tr("the good", "the=ka the=ka"),
+    got = tiny_translate.gloss_format([tr("the good", "the=ka good=su"), tr("the good", "the=ka the=ka"),
                                tr("the good", "ka su"), tr("the good", "the=ka good=bo", "length")])
     assert got == [1.0, 0.0, 0.0, 0.0]

@@ -4,7 +4,7 @@ import pytest
 
 from selfimprove.config import DataConfig
 from selfimprove.data import load_examples
-from selfimprove.tiny import translate as toy_mt
+from selfimprove.tiny import translate as tiny_translate
 
 
 def test_toy_translation_task_has_no_training_references_and_fixed_heldout():
@@ -16,8 +16,8 @@ def test_toy_translation_task_has_no_training_references_and_fixed_heldout():
     assert held[0].prompt == load_examples("translate", cfg, "test")[0].prompt  # fixed by heldout_seed
     assert not {ex.prompt[-1]["content"] for ex in train} & {ex.prompt[-1]["content"] for ex in held}
     src = held[0].prompt[-1]["content"].removeprefix("translate: ")
-    assert held[0].answer == toy_mt.translate(src)
-    assert toy_mt.translate("the good is no") == "the=ka good=bo is=zo no=do"
-    assert toy_mt.quality("the good is no", "the=ka good=su is=zo no=do") == 0.75
-    assert toy_mt.quality("the good", "the=ka good=bo a=mi") == pytest.approx(2 / 3)  # an extra pair counts against it
-    assert toy_mt.judge_digit("the good is no", "the=ka good=su is=zo no=do") == "7"  # round(6.75)
+    assert held[0].answer == tiny_translate.translate(src)
+    assert tiny_translate.translate("the good is no") == "the=ka good=bo is=zo no=do"
+    assert tiny_translate.quality("the good is no", "the=ka good=su is=zo no=do") == 0.75
+    assert tiny_translate.quality("the good", "the=ka good=bo a=mi") == pytest.approx(2 / 3)  # an extra pair counts against it
+    assert tiny_translate.judge_digit("the good is no", "the=ka good=su is=zo no=do") == "7"  # round(6.75)
