@@ -82,10 +82,14 @@ def resolve(name: str) -> Callable:
         fn = REWARDS[name]
     elif ":" in name:
         module, _, attr = name.partition(":")
+        if not module or not attr or module.startswith("."):
+            raise UserError(f"reward '{name}' is not of the form 'package.module:function'")
         try:
             fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"reward '{name}' cannot be loaded: {e}") from None
+        except Exception as e:  # ImportError, AttributeError, or the user's module failing as it loads
+            raise UserError(f"reward '{name}' cannot be loaded ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        if not callable(fn):
+            raise UserError(f"reward '{name}' is a {type(fn).__name__}, not a function")
     else:
         near = difflib.get_close_matches(name, list(REWARDS), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(REWARDS)}; or use 'package.module:function')"

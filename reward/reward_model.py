@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from selfimprove.errors import UserError
-from selfimprove.hub import load_tokenizer, resolve_model
+from selfimprove.hub import from_pretrained, load_tokenizer, resolve_model
 
 NORMALIZE = ("none", "sigmoid")
 
@@ -59,11 +59,8 @@ def load_reward_model(path: str):
     local = resolve_model(path, "reward_model")  # a missing folder is a UserError naming it
     tokenizer = load_tokenizer(local, "reward_model")
     on_gpu = torch.cuda.is_available()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            local, dtype=torch.bfloat16 if on_gpu else torch.float32)
-    except (OSError, ValueError) as e:
-        raise UserError(f"reward_model: cannot load {path}: {str(e).splitlines()[0]}") from None
+    model = from_pretrained(AutoModelForSequenceClassification, local, "reward_model",
+                            dtype=torch.bfloat16 if on_gpu else torch.float32)
     if model.config.num_labels != 1:
         raise UserError(f"reward_model: {path} has num_labels={model.config.num_labels}; a reward model has 1")
     # sequence classifiers pool the last non-pad token, so the config must know the pad id

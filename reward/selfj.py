@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from selfimprove.errors import UserError
-from selfimprove.hub import load_tokenizer, resolve_model
+from selfimprove.hub import from_pretrained, load_tokenizer, resolve_model
 
 # nusnlp/Self-J judge.py's templates ({instruction} -> {question}, {input} -> {answer})
 TEACHER_TEMPLATE = ("Please act as a precise judge and evaluate the quality of the answer to question. Rate the "
@@ -47,6 +47,9 @@ def template_errors(template: str, with_reference: bool, where: str) -> list[str
         errs.append(f"{where} has no {{reference}} placeholder (the teacher view shows the reference)")
     if not with_reference and "{reference}" in template:
         errs.append(f"{where} must not use {{reference}} (the student view is reference-free)")
+    unknown = sorted(set(re.findall(r"\{([A-Za-z_]\w*)\}", template)) - {"question", "answer", "reference"})
+    if unknown:  # a typo such as {questoin} would stay in the prompt as literal text
+        errs.append(f"{where} has an unknown placeholder {{{unknown[0]}}} (known: {{question}} {{answer}} {{reference}})")
     return errs
 
 
@@ -179,10 +182,7 @@ def judge_templates(path: str) -> tuple[str, str]:
 def load_judge(model: str):
     """(model, tokenizer, (teacher, student) templates) of a judge folder, loaded once per process."""
     path = resolve_model(model, "judge")
-    try:
-        judge = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise UserError(f"judge: cannot load {model}: {str(e).splitlines()[0]}") from None
+    judge = from_pretrained(AutoModelForCausalLM, path, "judge", dtype=torch.float32)
     judge.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return judge, load_tokenizer(path, "judge"), judge_templates(path)
 

@@ -3,13 +3,20 @@
 `save` writes a checkpoint into a hidden temporary folder and renames it into place, so
 `checkpoints/step-N` exists only when it is whole: a run killed while saving leaves a `.step-N.tmp`
 that is ignored here. It holds the weights (HF format, loadable by transformers and vLLM; the adapter
-alone with LoRA; the gathered weights under ZeRO-3), `trainer_state.pt` (step, optimizer, scheduler,
-every process's RNG states (torch, python, the engine's sampler), the data position, elapsed seconds,
-the evaluations and summary so far) and, under DeepSpeed, `deepspeed/` (every process's optimizer
-partition, written by DeepSpeed's own checkpointing before the rename).
+alone with LoRA; the gathered weights under ZeRO-3), `trainer_state.json` (step, scheduler, the data
+position, elapsed seconds, the evaluations and summary so far, every process's Python RNG, and what the
+run trained: model path, LoRA rank, processes), `trainer_state.pt` (tensors only: the optimizer state
+and every process's torch and sampler RNG) and, under DeepSpeed, `deepspeed/` (every process's
+optimizer partition, written by DeepSpeed's own checkpointing before the rename).
 
-`find` reads `train.resume`: `auto` continues from the newest whole checkpoint of the run folder
-(log.out/log.name) and starts fresh when there is none; a path resumes from that checkpoint.
+A checkpoint is data, never code: `trainer_state.pt` is read with `torch.load(weights_only=True)`,
+which unpickles tensors and plain containers only (a crafted file fails to load instead of running),
+and the rest is JSON. Weights that are not finite are never saved.
+
+`find` reads `train.resume`: `auto` continues from the newest checkpoint of the run folder
+(log.out/log.name) that loads (a damaged newer one is skipped, and the log says so) and starts fresh when
+there is none; a path resumes from that checkpoint. Either way a checkpoint whose run differs from the
+recipe (another model, LoRA on or off, another number of processes) is one line, before anything runs.
 `restore` loads optimizer, scheduler and this process's RNG and returns the trainer state; the policy's
 weights are loaded by `load_policy_weights` *after* the frozen reference was copied from `model.path`,
 so a KL reference stays the starting model. `trim_logs` drops rows of metrics.jsonl and traces.jsonl
@@ -27,9 +34,10 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from selfimprove.distributed import uses_deepspeed, zero_stage
+from selfimprove.distributed import any_process, uses_deepspeed, zero_stage
 from selfimprove.errors import UserError
 from selfimprove.runlog import RunLog
 
@@ -39,21 +47,76 @@ def folder(run: RunLog, step: int, tmp: bool = False) -> Path:
     return run.path / "checkpoints" / name
 
 
-def find(recipe) -> Path | None:
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.pt"
+
+
+def run_signature(recipe, processes: int) -> dict:
+    """What a checkpoint must share with the recipe that resumes it (stored in trainer_state.json)."""
+    m = recipe.model
+    return {"model": m.path, "lora_r": m.lora_r, "quantize": m.quantize, "processes": processes,
+            "algorithm": recipe.algorithm.name}
+
+
+def damage(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from (a missing or unreadable file), or None when it loads. Cheap: the
+    JSON, the tensor file's index (memory-mapped, tensors not read) and the safetensors headers."""
+    try:
+        json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
+        torch.load(ckpt / STATE_TENSORS, map_location="cpu", weights_only=True, mmap=True)
+        weights = sorted(ckpt.glob("*.safetensors"))
+        if not weights:
+            return "no weights (*.safetensors)"
+        for w in weights:
+            with safe_open(str(w), "pt"):
+                pass
+    except Exception as e:  # any damage at all: the caller falls back or reports it in one line
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+    return None
+
+
+def find(recipe, processes: int = 1, log=print) -> Path | None:
     """The checkpoint to resume from, or None (train.resume empty, or auto with nothing saved yet)."""
     want = recipe.train.resume
     if not want:
         return None
     if want != "auto":
         path = Path(want)
-        if not (path / "trainer_state.pt").is_file():
-            raise UserError(f"train.resume: {want} is not a whole checkpoint (no trainer_state.pt)")
-        return path
+        if not (path / STATE_JSON).is_file():
+            raise UserError(f"train.resume: {want} is not a checkpoint folder (no {STATE_JSON})")
+        why = damage(path)
+        if why:
+            raise UserError(f"train.resume: {want} is damaged ({why})")
+        return check_matches(path, recipe, processes)
     if not recipe.log.name:
         raise UserError("train.resume=auto needs log.name (the run folder to continue)")
     root = Path(recipe.log.out) / recipe.log.name / "checkpoints"
-    whole = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").is_file()) if root.is_dir() else []
-    return whole[-1] if whole else None
+    saved = sorted((p for p in root.glob("step-*") if (p / STATE_JSON).is_file()), reverse=True) if root.is_dir() else []
+    for path in saved:
+        why = damage(path)
+        if why is None:
+            return check_matches(path, recipe, processes)
+        log(f"warning: checkpoint {path} is damaged ({why}); trying the one before it")
+    if saved:
+        raise UserError(f"train.resume=auto: no checkpoint of {root} loads (the newest: {damage(saved[0])})")
+    return None
+
+
+def newest(run_dir: Path) -> tuple[int, Path] | None:
+    """(step, folder) of the newest checkpoint renamed into place in a run folder, or None."""
+    saved = sorted((run_dir / "checkpoints").glob("step-*")) if (run_dir / "checkpoints").is_dir() else []
+    return (int(saved[-1].name.removeprefix("step-")), saved[-1]) if saved else None
+
+
+def check_matches(ckpt: Path, recipe, processes: int) -> Path:
+    """One line when the recipe no longer describes the run that saved `ckpt`."""
+    saved = json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8")).get("run", {})
+    now = run_signature(recipe, processes)
+    for key, what in (("lora_r", "model.lora_r"), ("quantize", "model.quantize"), ("model", "model.path"),
+                      ("algorithm", "algorithm.name"), ("processes", "the number of processes")):
+        if key in saved and saved[key] != now[key]:
+            raise UserError(f"train.resume: {ckpt} was saved with {what}={saved[key]}, this run has {now[key]}; "
+                            "resume with the recipe it was saved with (or start a new run: another log.name)")
+    return ckpt
 
 
 # --------------------------------------------------------------------------- save
@@ -75,15 +138,18 @@ def _fresh_tmp(run: RunLog, step: int, accelerator) -> str:
 
 def save(run: RunLog, step: int, accelerator, model, tokenizer, optimizer, scheduler, engine, state: dict,
          keep_last: int) -> None:
-    """Checkpoint after `step` (every process calls it). `state`: the loop's own entries (data position,
-    elapsed, evaluations, summary), stored in trainer_state.pt with the optimizer, scheduler and RNG."""
+    """Checkpoint after `step` (every process calls it). `state`: the loop's own JSON entries (data position,
+    elapsed, evaluations, summary, run signature), stored in trainer_state.json with the scheduler and RNG."""
     accelerator.wait_for_everyone()
-    rng = gather_object([rng_state(engine)]) if accelerator.num_processes > 1 else [rng_state(engine)]
+    if any_process(accelerator, not all(torch.isfinite(p).all() for p in model.parameters())):
+        raise UserError(f"step {step}: the weights are not finite (inf or NaN); they were not saved")
+    rng = [rng_state(engine)]
+    rng = gather_object(rng) if accelerator.num_processes > 1 else rng  # one entry per process
     deepspeed = uses_deepspeed(accelerator)
-    trainer_state = {"step": step, "optimizer": None if deepspeed else optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(),
-                     "rng": rng,  # one entry per process: each samples its own share of the prompts
-                     **state}
+    tensors = {"optimizer": None if deepspeed else optimizer.state_dict(),
+               "rng": [{"torch": r["torch"], "engine": r["engine"]} for r in rng]}
+    plain = {"format": 2, "step": step, "scheduler": scheduler.state_dict(),
+             "python_rng": [r["python"] for r in rng], **state}
     tmp = _fresh_tmp(run, step, accelerator) if deepspeed else str(folder(run, step, tmp=True))
     if deepspeed:
         # ZeRO shards the optimizer state: every process writes its own partition through DeepSpeed's
@@ -93,20 +159,22 @@ def save(run: RunLog, step: int, accelerator, model, tokenizer, optimizer, sched
     # ZeRO-3: the whole weights, gathered (accelerate's get_state_dict); elsewhere the module's own
     weights = accelerator.get_state_dict(model) if zero_stage(accelerator) == 3 else None
     if run.enabled:
-        _write(run, step, accelerator.unwrap_model(model), tokenizer, trainer_state, keep_last, weights)
+        _write(run, step, accelerator.unwrap_model(model), tokenizer, (plain, tensors), keep_last, weights)
     accelerator.wait_for_everyone()
 
 
-def _write(run: RunLog, step: int, model, tokenizer, state: dict, keep_last: int, weights: dict | None) -> Path:
-    """An HF-format folder plus trainer_state.pt, renamed into place (into the folder `_fresh_tmp` made,
+def _write(run: RunLog, step: int, model, tokenizer, state: tuple[dict, dict], keep_last: int,
+           weights: dict | None) -> Path:
+    """An HF-format folder plus the trainer state, renamed into place (into the folder `_fresh_tmp` made,
     which may already hold other processes' files); then only the newest `keep_last` are kept."""
     run.ensure()
     final, tmp = folder(run, step), folder(run, step, tmp=True)
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, state_dict=weights)  # weights: a gathered state dict (ZeRO-3), else the model's
     tokenizer.save_pretrained(tmp)
-    torch.save(state, tmp / "trainer_state.pt")
-    fault("kill_in_save", step)  # tests: a death here must leave the previous checkpoint the newest whole one
+    torch.save(state[1], tmp / STATE_TENSORS)
+    (tmp / STATE_JSON).write_text(json.dumps(state[0]), encoding="utf-8")
+    fault("in_save", step)  # tests: a death here must leave the previous checkpoint the newest whole one
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     whole = sorted(p for p in final.parent.iterdir() if p.name.startswith("step-"))
@@ -145,14 +213,27 @@ def rng_state(engine) -> dict:
 
 def set_rng_state(engine, rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
+    version, internal, gauss = rng["python"]  # JSON made the tuples lists
+    random.setstate((version, tuple(internal), gauss))
     if rng.get("engine") is not None and engine.generator is not None:
         engine.generator.set_state(rng["engine"])
 
 
+def load_state(ckpt: Path) -> dict:
+    """The trainer state of `ckpt`: JSON, plus tensors read with weights_only=True (never runs code)."""
+    try:
+        plain = json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
+        tensors = torch.load(ckpt / STATE_TENSORS, map_location="cpu", weights_only=True)
+        rng = [{**t, "python": p} for t, p in zip(tensors["rng"], plain["python_rng"], strict=True)]
+        return {**plain, "optimizer": tensors["optimizer"], "rng": rng}
+    except Exception as e:  # a crafted or damaged file: one line, nothing executed
+        raise UserError(f"train.resume: cannot load the trainer state of {ckpt} "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+
+
 def restore(ckpt: Path, accelerator, model, optimizer, scheduler, engine) -> dict:
     """Optimizer, scheduler and this process's RNG from the checkpoint; returns its trainer state."""
-    ts = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+    ts = load_state(ckpt)
     if (ckpt / "deepspeed").is_dir():  # DeepSpeed: each process loads its own optimizer partition
         if not uses_deepspeed(accelerator):
             raise UserError(f"train.resume: {ckpt} was saved under DeepSpeed; resume it with the same DeepSpeed profile")
@@ -171,17 +252,30 @@ def restore(ckpt: Path, accelerator, model, optimizer, scheduler, engine) -> dic
     return ts
 
 
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) of a JSONL log; a torn line (a process killed mid-write, a full disk) is dropped."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            out.append((line, row))
+    return out
+
+
 def trim_logs(run_dir: Path, step: int) -> list[dict]:
-    """Drop metrics and traces written after `step`; return the metrics rows that remain (the history)."""
+    """Drop metrics and traces written after `step` (and torn lines); return the metrics rows that remain."""
     rows: list[dict] = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
-        rows = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["step"] <= step]
-        _rewrite(metrics, [json.dumps(r) for r in rows])
+        kept = [(line, r) for line, r in _rows(metrics) if r.get("step", step + 1) <= step]
+        rows = [r for _, r in kept]
+        _rewrite(metrics, [line for line, _ in kept])
     traces = run_dir / "traces.jsonl"
     if traces.exists():  # a trace sampled at 0-based step s has policy_version s
-        kept = [line for line in traces.read_text().splitlines() if json.loads(line)["policy_version"] < step]
-        _rewrite(traces, kept)
+        _rewrite(traces, [line for line, r in _rows(traces) if r.get("policy_version", step) < step])
     return rows
 
 
@@ -192,8 +286,11 @@ def _rewrite(path: Path, lines: list[str]) -> None:
 
 
 def fault(point: str, step: int) -> None:
-    """Fault injection for the resume tests: SELFIMPROVE_FAULT=kill_at_step:5 or kill_in_save:4 sends
-    this process SIGKILL at that point (a real, unclean death: nothing is flushed or cleaned up)."""
+    """Fault injection for the resume tests: SELFIMPROVE_FAULT=kill_at_step:5 or kill_in_save:4 sends this
+    process SIGKILL at that point (a real, unclean death: nothing is flushed or cleaned up);
+    sigint_at_step:3 / sigterm_at_step:3 send SIGINT / SIGTERM to the main process (RANK 0) only, as a
+    signal that reaches one process of several."""
     spec = os.environ.get("SELFIMPROVE_FAULT", "")
-    if spec and spec == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    for prefix, sig in (("kill", signal.SIGKILL), ("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM)):
+        if spec == f"{prefix}_{point}:{step}" and (sig == signal.SIGKILL or os.environ.get("RANK", "0") == "0"):
+            os.kill(os.getpid(), sig)

@@ -17,13 +17,14 @@ import sys
 import typing
 import warnings
 
+import datasets
 import torch
 from transformers.utils import logging as hf_logging
 
 from selfimprove.algorithms import ALGORITHMS, get_algorithm
 from selfimprove.commands import COMMANDS
 from selfimprove.config import Recipe
-from selfimprove.errors import UserError
+from selfimprove.errors import Interrupted, UserError
 from selfimprove.options import Text, bind, closest, describe, help_table, read_yaml
 from selfimprove.programs import PROGRAMS, get_program
 
@@ -36,6 +37,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*past_key_values.*")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+    datasets.disable_progress_bars()  # "Map" / "Tokenizing" bars on stderr (TRL's trainers)
 
 
 class HelpRequested(Exception):
@@ -98,6 +100,8 @@ def parse(cls, argv: list[str], command: str):
     if len(words) > len(positional):
         raise UserError(f"selfimprove {command}: unexpected argument '{words[len(positional)]}'")
     base = {}
+    if config is not None and not config.strip():
+        raise UserError("--config needs a YAML file")
     if config and train and (words or "recipe" in flags):
         raise UserError("selfimprove train: give the recipe once (RECIPE.yaml or --config RECIPE.yaml)")
     if config and train:
@@ -163,14 +167,28 @@ def main(argv: list[str] | None = None) -> int:
         print(command_help(command))
         return 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     _quiet_libraries()
     try:
         return fn(options, overrides)
+    except Interrupted as e:  # a run stopped by a signal after saving: the message is the resume command
+        if str(e):
+            print(f"error: {e}", file=sys.stderr)
+        return e.code
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: checkpoints on disk are whole
+        print(f"error: selfimprove {command} interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine, not the code: a full disk, a read-only folder
+        print(f"error: cannot access {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import torch
@@ -17,18 +19,27 @@ import torch
 from reward import RewardContext, build_rewards
 from reward import selfj as sj
 from selfimprove.cct import build_cct
-from selfimprove.config import DataConfig, EvalConfig, RewardSpec
-from selfimprove.data import jsonl_objects, load_examples, read_rows, require_answers
+from selfimprove.config import (
+    DataConfig,
+    EvalConfig,
+    RewardSpec,
+    check_ranges,
+    check_seed,
+    check_temperature,
+    check_threads,
+)
+from selfimprove.data import check_lengths, jsonl_objects, load_examples, read_rows, require_answers
+from selfimprove.distributed import set_threads
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluation import best_of_n, evaluate, evaluate_two_turn, load_outcomes
 from selfimprove.evaluation.report import metrics_table, plot_self_correction
 from selfimprove.loop import run
 from selfimprove.options import opt
-from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+from selfimprove.policy import context_length, load_model, load_tokenizer, resolve_model_path
 from selfimprove.programs import get_program
 from selfimprove.recipe import load_recipe
-from selfimprove.rollout import CORRECT_THRESHOLD
+from selfimprove.rollout import CORRECT_THRESHOLD, instruction_text
 from selfimprove.tiny.model import build_tiny, ensure_tiny, tiny_path
 from selfimprove.trace import dump_jsonl
 
@@ -77,26 +88,67 @@ class EvalOptions:
     pick_kwargs: dict = opt({}, "options of the picker, e.g. {model: runs/x/judge}")
 
 
-def _generation_inputs(o, rewards_specs: list[RewardSpec]):
-    """(examples, bound rewards, tokenizer, hf engine) for the sampling subcommands (eval, cct)."""
+def _generation_inputs(o, rewards_specs: list[RewardSpec], turns: int = 1):
+    """(examples, bound rewards, tokenizer, hf engine) for the sampling subcommands (eval, cct); every
+    input is checked before sampling starts: data, rewards, model, and prompt + answers within the context."""
     data_cfg = DataConfig(prompt_column=o.prompt_column, answer_column=o.answer_column, task_options=o.task_options)
     examples = load_examples(o.data, data_cfg, o.split, n_train=o.n, seed=o.seed)[: o.n]
     require_answers(examples, o.data, o.answer_column)
     rewards = build_rewards(rewards_specs)
     path = resolve_model_path(o.model)
     tokenizer, model = load_tokenizer(path), load_model(path)
-    if o.threads:
-        torch.set_num_threads(o.threads)
+    extra = second_turn_tokens(tokenizer, examples, o.instruction) + o.max_new_tokens if turns == 2 else 0
+    check_lengths(tokenizer, context_length(model), 10**9,
+                  [(examples, o.max_new_tokens, "--max-new-tokens", extra)])
+    set_threads(o.threads, "--threads")
     return examples, rewards, tokenizer, make_engine("hf", model, tokenizer, seed=o.seed)
 
 
-def check_sampling_options(o) -> None:
-    """The sampling options eval and cct share: one line per mistake, before any model is loaded."""
-    checks = [(o.n >= 1, f"--n must be >= 1, got {o.n}"), (o.temperature >= 0, f"--temperature must be >= 0, got {o.temperature}"),
-              (o.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {o.max_new_tokens}")]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+def second_turn_tokens(tokenizer, examples, instruction: str) -> int:
+    """The most tokens a second turn adds before attempt 2 (the closed first answer and the instruction)."""
+    most = 0
+    for ex in examples:
+        one = tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True)
+        two = tokenizer.apply_chat_template(ex.prompt + [{"role": "assistant", "content": ""}, {
+            "role": "user", "content": instruction_text(instruction, ex.prompt[-1]["content"])}], tokenize=False,
+            add_generation_prompt=True)
+        most = max(most, len(tokenizer(two, add_special_tokens=False)["input_ids"])
+                   - len(tokenizer(one, add_special_tokens=False)["input_ids"]))
+    return most
+
+
+def check_options(o, ranges: dict[str, str], outputs: tuple[str, ...] = ()) -> None:
+    """Range checks of a subcommand's options (one line naming --the-option) and its output paths (their
+    folder exists and is writable), before any model is loaded."""
+    check_ranges(o, "--", ranges, flag=True)
+    if hasattr(o, "temperature"):
+        check_temperature(o.temperature, "--temperature")
+    if hasattr(o, "seed"):
+        check_seed(o.seed, "--seed")
+    if hasattr(o, "threads"):
+        check_threads(o.threads, "--threads")
+    for key in outputs:
+        path = getattr(o, key)
+        if path:
+            check_output(path, f"--{key.replace('_', '-')}")
+
+
+def check_output(path: str, key: str) -> None:
+    """An output file: its folder must exist and be writable, and it must not be a folder itself."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{key}: {path} is a folder; give a file name")
+    check_output_folder(p.parent, key)
+
+
+def check_output_folder(folder: Path, key: str) -> None:
+    if not folder.is_dir():
+        raise UserError(f"{key}: the folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{key}: cannot write in {folder} (permission denied)")
+
+
+SAMPLING_RANGES = {"n": ">=1", "max_new_tokens": ">=1"}
 
 
 def _write_json(path: str | None, obj: dict) -> None:
@@ -106,8 +158,8 @@ def _write_json(path: str | None, obj: dict) -> None:
 
 
 def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
-    check_sampling_options(o)
-    checks = [(o.k >= 1, f"--k must be >= 1, got {o.k}"), (o.turns in (1, 2), f"--turns must be 1 or 2, got {o.turns}"),
+    check_options(o, {**SAMPLING_RANGES, "k": ">=1"}, ("out", "traces", "plot"))
+    checks = [(o.turns in (1, 2), f"--turns must be 1 or 2, got {o.turns}"),
               (not o.pick or o.k >= 2, f"--pick needs --k >= 2 samples per problem, got {o.k}"),
               (not (o.pick and o.turns == 2), "--pick is best-of-k over first attempts; it does not go with --turns 2")]
     for ok, msg in checks:
@@ -116,7 +168,7 @@ def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
     specs = [RewardSpec(fn=o.reward)]
     if o.pick:
         specs.append(RewardSpec(fn=o.pick, name=f"pick:{o.pick}", kwargs=o.pick_kwargs))
-    examples, rewards, tokenizer, engine = _generation_inputs(o, specs)
+    examples, rewards, tokenizer, engine = _generation_inputs(o, specs, o.turns)
     ctx = RewardContext(tokenizer, engine)
     if o.turns == 2:
         sampling = Sampling(temperature=o.temperature, max_new_tokens=o.max_new_tokens)
@@ -156,6 +208,7 @@ class MetricsOptions:
 
 
 def cmd_metrics(o: MetricsOptions, overrides: list[str]) -> int:
+    check_options(o, {}, ("out",))
     m = load_outcomes(o.file, o.correct_threshold)
     print(metrics_table(m, title=f"self-correction: {o.file}"))
     _write_json(o.out, m)
@@ -189,8 +242,9 @@ class CCTOptions:
 
 
 def cmd_cct(o: CCTOptions, overrides: list[str]) -> int:
-    check_sampling_options(o)
-    examples, rewards, tokenizer, engine = _generation_inputs(o, [RewardSpec(fn=o.reward)])
+    check_options(o, {**SAMPLING_RANGES, "k": ">=1", "rows": ">=1", "keep_share": "[0,1]", "plain_share": "[0,1)"},
+                  ("out",))
+    examples, rewards, tokenizer, engine = _generation_inputs(o, [RewardSpec(fn=o.reward)], turns=2)
     rows = build_cct(engine, tokenizer, examples, rewards, RewardContext(tokenizer, engine), o.rows, o.keep_share,
                      o.k, o.instruction, o.plain_share, Sampling(temperature=o.temperature,
                                                                  max_new_tokens=o.max_new_tokens), o.seed,
@@ -207,7 +261,8 @@ def cmd_cct(o: CCTOptions, overrides: list[str]) -> int:
 class SFTOptions:
     model: str = opt(help="the model to fine-tune", positional=True)
     data: str = opt(help="prompt-completion JSONL (e.g. CCT data)", positional=True)
-    out: str = opt(help="output model folder")
+    out: str = opt(help="output model folder (a new or empty folder)")
+    overwrite: bool = opt(False, "replace the output folder when it already holds files")
     epochs: float = opt(1.0, "passes over the data")
     lr: float = opt(5e-5, "learning rate")
     batch_size: int = opt(16, "rows per step")
@@ -218,24 +273,61 @@ def cmd_sft(o: SFTOptions, overrides: list[str]) -> int:
     """Supervised fine-tuning on prompt-completion JSONL (e.g. CCT data) with TRL's SFTTrainer."""
     from trl import SFTConfig, SFTTrainer
 
+    check_options(o, {"epochs": ">0", "lr": ">0", "batch_size": ">=1"})
+    check_model_folder_output(o.out, o.overwrite)
     rows = read_rows(o.data, "train")
+    if not rows:
+        raise UserError(f"sft: {o.data} has no rows")
     for i, r in enumerate(rows, 1):
         if "prompt" not in r or "completion" not in r:
             raise UserError(f"sft: {o.data} row {i} needs 'prompt' and 'completion' (conversational prompt-completion rows)")
     path = resolve_model_path(o.model)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    check_sft_lengths(tokenizer, context_length(model), rows, o.data)
     ds = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     cfg = SFTConfig(output_dir=o.out, num_train_epochs=o.epochs, learning_rate=o.lr,
                     per_device_train_batch_size=o.batch_size, report_to="none", save_strategy="no",
-                    logging_steps=10, use_cpu=not torch.cuda.is_available(), seed=o.seed)
-    trainer = SFTTrainer(model=load_model(path), args=cfg, train_dataset=ds, processing_class=load_tokenizer(path))
+                    logging_steps=10, use_cpu=not torch.cuda.is_available(), seed=o.seed,
+                    disable_tqdm=True)  # stderr stays for errors; the loss is printed every 10 steps
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer)
     trainer.train()
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"sft: the fine-tuned weights are not finite (inf or NaN); nothing was saved to {o.out}")
+    if o.overwrite and Path(o.out).is_dir():
+        shutil.rmtree(o.out)
     trainer.save_model(o.out)
-    load_tokenizer(path).save_pretrained(o.out)
+    tokenizer.save_pretrained(o.out)
     print(f"fine-tuned model: {o.out}")
     return 0
 
 
 # --------------------------------------------------------------------------- judge
+
+
+def check_model_folder_output(out: str, overwrite: bool) -> None:
+    """A model folder to write: a new or empty folder (or --overwrite), inside a writable folder."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out: {out} is a file, not a folder")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise UserError(f"--out: {out} already holds files; choose a new folder or pass --overwrite")
+    check_output_folder(p if p.is_dir() else p.parent, "--out")
+
+
+def _messages(value) -> list[dict]:
+    return value if isinstance(value, list) else [{"role": "user", "content": str(value)}]
+
+
+def check_sft_lengths(tokenizer, ctx_len: int, rows: list[dict], source: str) -> None:
+    """Every prompt + completion must fit the model's context (TRL would truncate it silently)."""
+    for i, r in enumerate(rows, 1):
+        try:
+            text = tokenizer.apply_chat_template(_messages(r["prompt"]) + _messages(r["completion"]), tokenize=False)
+        except Exception as e:  # a malformed message list
+            raise UserError(f"sft: {source} row {i} is not a valid conversation ({type(e).__name__}: {e})") from None
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n > ctx_len:
+            raise UserError(f"sft: {source} row {i} has {n} tokens, more than the model's context of {ctx_len}")
 
 
 @dataclass
@@ -262,28 +354,38 @@ def _read_judge_rows(path: str, fields: list[str]) -> list[dict]:
             if not isinstance(row.get(field), str):
                 raise UserError(f"judge: {path} row {i} has no '{field}' field (a string)")
         rows.append(row)
+    if not rows:
+        raise UserError(f"judge: {path} has no rows")
     return rows
 
 
 def cmd_judge(o: JudgeOptions, overrides: list[str]) -> int:
     """Self-J scores of (question, answer[, reference]) rows with a trained judge (one forward pass each)."""
+    check_options(o, {"batch_size": ">=1"}, ("out",))
     rows = _read_judge_rows(o.input, [o.question_column, o.answer_column])
     for key, tpl, ref in (("template", o.template, False), ("reference_template", o.reference_template, True)):
         errs = sj.template_errors(tpl, ref, key) if tpl else []
         if errs:
             raise UserError(f"judge: {errs[0]}")
-    if o.threads:
-        torch.set_num_threads(o.threads)
+    set_threads(o.threads, "--threads")
     model, tokenizer, (teacher, student) = sj.load_judge(resolve_model_path(o.model))
     # a row with a (non-empty) reference is scored in the with-reference view, the others reference-free
     has_ref = [bool(r.get(o.reference_column)) for r in rows]
+    views = []
     for view, template in ((True, o.reference_template or teacher), (False, o.template or student)):
         idx = [i for i, h in enumerate(has_ref) if h == view]
-        refs = [rows[i][o.reference_column] for i in idx] if view else None
-        scores = sj.judge_scores(model, tokenizer, [rows[i][o.question_column] for i in idx],
-                                 [rows[i][o.answer_column] for i in idx], refs, template, o.batch_size)
-        for i, (score, probs) in zip(idx, scores):
-            rows[i].update({"score": score, "probs": probs, "view": "with_reference" if view else "without"})
+        refs = [str(rows[i][o.reference_column]) for i in idx] if view else None
+        ids = sj.render_views(tokenizer, template, [rows[i][o.question_column] for i in idx],
+                              [rows[i][o.answer_column] for i in idx], refs)
+        for i, row in zip(idx, ids):  # the score is the next token: the prompt must leave room for it
+            if len(row) + 1 > context_length(model):
+                raise UserError(f"judge: {o.input} row {i + 1} is {len(row)} tokens in the judge's template, more "
+                                f"than the model's context of {context_length(model)}")
+        views.append((view, idx, ids))
+    for view, idx, ids in views:
+        probs = sj.digit_probs(model, tokenizer, ids, o.batch_size).tolist()
+        for i, p in zip(idx, probs):
+            rows[i].update({"score": sj.expected_score(p), "probs": p, "view": "with_reference" if view else "without"})
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
     if not o.out:
         sys.stdout.writelines(lines)

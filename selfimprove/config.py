@@ -95,6 +95,8 @@ class TrainConfig(OptimConfig):
     prompts_per_step: int = opt(8, "prompts per step, over all processes")
     mini_batches: int = opt(1, "optimizer steps per rollout step (NFT paper: 16)")
     resume: str = opt("", "auto: continue the run folder's last whole checkpoint (if any); or a checkpoint folder")
+    on_nonfinite: str = opt("stop", "a non-finite loss or gradient norm: stop (keeping the last whole checkpoint) "
+                            "or skip the step (counted in metrics as skipped_nonfinite)")
 
 
 @dataclass
@@ -113,7 +115,9 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     out: str = opt("runs", "parent folder of run folders")
-    name: str | None = opt(None, "run folder name (default: <recipe>-<time>)")
+    name: str | None = opt(None, "run folder name inside log.out (default: <recipe>-<time>)")
+    overwrite: bool = opt(False, "replace an existing run folder of the same name (otherwise only train.resume "
+                          "continues it)")
     every: int = opt(1, "a metrics.jsonl line every k steps")
     traces_every: int = opt(10, "dump the step's traces to traces.jsonl every k steps (0: never)")
     traces_per_step: int = opt(16, "at most this many traces per dump")
@@ -141,6 +145,8 @@ class Recipe:
 
 # --------------------------------------------------------------------------- value checks
 
+SEED_MAX = 2**32  # numpy's and torch's seeds are 32-bit (set_seed seeds both)
+
 
 def _first(checks) -> None:
     for ok, msg in checks:
@@ -148,32 +154,63 @@ def _first(checks) -> None:
             raise UserError(msg)
 
 
+def _range_ok(value, spec: str) -> bool:
+    """`spec`: '>=0', '>0', '[0,1)', '(0,1]', '[1,65535]' (every numeric option is one of these)."""
+    if spec[0] in "[(":
+        lo, hi = (float(x) for x in spec[1:-1].split(","))
+        return (value >= lo if spec[0] == "[" else value > lo) and (value <= hi if spec[-1] == "]" else value < hi)
+    return value >= float(spec[2:]) if spec.startswith(">=") else value > float(spec[1:])
+
+
+def check_ranges(obj, prefix: str, ranges: dict[str, str], flag: bool = False) -> None:
+    """One line naming the first key out of its allowed range, e.g. 'train.lr must be > 0, got -1.0'
+    (`flag`: a command-line option, shown as --max-new-tokens)."""
+    for key, spec in ranges.items():
+        value = getattr(obj, key)
+        if flag:
+            key = key.replace("_", "-")
+        if not _range_ok(value, spec):
+            shown = f"in {spec.replace(',', ', ')}" if spec[0] in "[(" else f"{spec.rstrip('0123456789.')} {spec.lstrip('>=')}"
+            raise UserError(f"{prefix}{key} must be {shown}, got {value!r}")
+
+
+def check_seed(seed: int, key: str = "seed") -> None:
+    if not 0 <= seed < SEED_MAX:
+        raise UserError(f"{key} must be in [0, 2^32), got {seed}")
+
+
+TEMPERATURE_EPS = 1e-5  # vLLM's: a lower temperature is greedy there; here logits / t would overflow to inf
+
+
+def check_temperature(t: float, key: str) -> None:
+    if not (t == 0 or t >= TEMPERATURE_EPS):
+        raise UserError(f"{key} must be 0 (greedy) or >= {TEMPERATURE_EPS}, got {t!r}")
+
+
+def check_threads(threads: int, key: str = "train.threads") -> None:
+    if threads < 0:
+        raise UserError(f"{key} must be >= 0 (0: torch's default), got {threads}")
+
+
 def check_model(m: ModelConfig) -> None:
     _first([
         (bool(m.path), "model.path is required: a Hugging Face model name or folder"),
-        (m.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
-        (m.lora_r >= 0 and m.lora_alpha > 0, "model.lora_r must be >= 0 and model.lora_alpha > 0"),
+        (m.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16, got {m.dtype!r}"),
         (m.quantize in ("none", "4bit", "8bit"), "model.quantize must be none, 4bit or 8bit"),
-        (m.quantize == "none" or m.lora_r > 0,
-         f"model.quantize={m.quantize} (QLoRA) trains LoRA adapters on the frozen quantized base: set model.lora_r"),
     ])
+    check_ranges(m, "model.", {"lora_r": ">=0", "lora_alpha": ">0", "lora_dropout": "[0,1)"})
+    _first([(m.quantize == "none" or m.lora_r > 0,
+             f"model.quantize={m.quantize} (QLoRA) trains LoRA adapters on the frozen quantized base: set model.lora_r")])
 
 
 def check_data(d: DataConfig) -> None:
-    _first([
-        (bool(d.train), "data.train is required: a data file, a datasets folder, hf:NAME or a synthetic task"),
-        (d.max_prompt_tokens >= 1, "data.max_prompt_tokens must be >= 1"),
-    ])
+    _first([(bool(d.train), "data.train is required: a data file, a datasets folder, hf:NAME or a synthetic task")])
+    check_ranges(d, "data.", {"max_prompt_tokens": ">=1"})
 
 
 def check_sampling(g, where: str = "generation") -> None:
-    _first([
-        (g.n >= 1, f"{where}.n must be >= 1"),
-        (g.temperature >= 0, f"{where}.temperature must be >= 0"),
-        (0 < g.top_p <= 1, f"{where}.top_p must be in (0, 1]"),
-        (g.max_new_tokens >= 1, f"{where}.max_new_tokens must be >= 1"),
-        (g.batch_size >= 1, f"{where}.batch_size must be >= 1"),
-    ])
+    check_ranges(g, f"{where}.", {"n": ">=1", "top_p": "(0,1]", "max_new_tokens": ">=1", "batch_size": ">=1"})
+    check_temperature(g.temperature, f"{where}.temperature")
 
 
 def check_generation(g: GenerationConfig) -> None:
@@ -181,48 +218,49 @@ def check_generation(g: GenerationConfig) -> None:
     _first([
         (g.backend in ("hf", "vllm", "vllm-server"), f"generation.backend '{g.backend}' is not one of hf, vllm, vllm-server"),
         (g.mismatch_correction in ("none", "is", "tis"), "generation.mismatch_correction must be none, is or tis"),
-        (g.mismatch_cap >= 1, "generation.mismatch_cap must be >= 1"),
-        (0 < g.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization must be in (0, 1]"),
-        (g.weight_bucket_mb >= 1 and g.max_model_len >= 0, "generation.weight_bucket_mb must be >= 1 and max_model_len >= 0"),
-        (g.server_timeout > 0 and g.server_connect_timeout >= 0, "generation.server_timeout must be > 0"),
     ])
+    check_ranges(g, "generation.", {"mismatch_cap": ">=1", "gpu_memory_utilization": "(0,1]", "weight_bucket_mb": ">=1",
+                                    "max_model_len": ">=0", "server_timeout": ">0", "server_connect_timeout": ">=0",
+                                    "server_group_port": "[1,65535]"})
 
 
 def check_optim(t: OptimConfig) -> None:
-    _first([
-        (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
-        (t.lr > 0, "train.lr must be > 0"),
-        (t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine"),
-        (t.threads >= 0, "train.threads must be >= 0"),
-        (t.max_seconds >= 0 and t.warmup_steps >= 0, "train.max_seconds and train.warmup_steps must be >= 0"),
-    ])
+    _first([(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine")])
+    # beta = 1 never forgets (Adam's bias correction divides by 0); max_grad_norm <= 0 would flip or zero the gradient
+    check_ranges(t, "train.", {"micro_batch_size": ">=1", "lr": ">0", "warmup_steps": ">=0", "weight_decay": ">=0",
+                               "adam_beta1": "[0,1)", "adam_beta2": "[0,1)", "max_grad_norm": ">0",
+                               "max_seconds": ">=0"})
+    check_threads(t.threads)
 
 
 def check_log(log: LogConfig) -> None:
-    _first([
-        (log.every >= 1, "log.every must be >= 1"),
-        (log.keep_last >= 1, "log.keep_last must be >= 1"),
-        (log.traces_every >= 0 and log.save_every >= 0, "log.traces_every and log.save_every must be >= 0"),
-    ])
+    check_ranges(log, "log.", {"every": ">=1", "traces_every": ">=0", "traces_per_step": ">=0", "save_every": ">=0",
+                               "keep_last": ">=1"})
+    check_run_name(log.name)
+
+
+def check_run_name(name: str | None) -> None:
+    """log.name is one plain folder name inside log.out: never a path that could reach another folder."""
+    if name is None:
+        return
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise UserError(f"log.name must be a plain folder name inside log.out (no '/', not starting with '.'), "
+                        f"got {name!r}")
 
 
 def validate(recipe: Recipe) -> None:
     """Value checks of an on-policy recipe that types alone do not catch."""
     t, g, e = recipe.train, recipe.generation, recipe.eval
+    check_seed(recipe.seed)
     check_model(recipe.model)
     check_data(recipe.data)
     check_generation(g)
     check_log(recipe.log)
     check_optim(t)
-    _first([
-        (t.steps >= 0, "train.steps must be >= 0"),
-        (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
-        (t.mini_batches >= 1, "train.mini_batches must be >= 1"),
-        (len(recipe.rewards) >= 1, "rewards: at least one reward is needed"),
-        (e.n >= 1, "eval.n must be >= 1"),
-        (e.temperature >= 0, "eval.temperature must be >= 0"),
-        (e.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
-        (e.every >= 0, "eval.every must be >= 0"),
-    ])
+    check_ranges(t, "train.", {"steps": ">=0", "prompts_per_step": ">=1", "mini_batches": ">=1"})
+    _first([(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got {t.on_nonfinite!r}"),
+            (len(recipe.rewards) >= 1, "rewards: at least one reward is needed")])
+    check_ranges(e, "eval.", {"n": ">=1", "max_new_tokens": ">=1", "every": ">=0", "batch_size": ">=1"})
+    check_temperature(e.temperature, "eval.temperature")
     if t.prompts_per_step * g.n < t.mini_batches:
         raise UserError("train.mini_batches is larger than the number of samples per step")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import csv
 import importlib
+import itertools
 import json
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selfimprove.errors import UserError
@@ -43,6 +47,28 @@ class Task:
     train: Callable[..., list[Example]]
     heldout: Callable[..., list[Example]]
     check: Callable[[object], list[str]] = lambda options: []
+    stream: Callable[..., Iterator[Example]] | None = None  # (options, seed, system_prompt): the endless stream
+
+
+class Prompts:
+    """The training prompts, indexed by global position: a finite list cycled (user data, shuffled once), or
+    a synthetic task's endless stream realised on demand, so a large train.steps costs nothing up front."""
+
+    def __init__(self, items: list[Example] | None = None, stream: Iterator[Example] | None = None):
+        self.items = items if items is not None else []
+        self.stream = stream
+
+    def __getitem__(self, i: int) -> Example:
+        if self.stream is None:
+            return self.items[i % len(self.items)]
+        self.items.extend(itertools.islice(self.stream, max(0, i + 1 - len(self.items))))
+        return self.items[i]
+
+    def first(self, n: int) -> list[Example]:
+        """Up to the first n prompts (the whole list, or n drawn from the stream)."""
+        if self.stream is not None and n:
+            self[n - 1]
+        return self.items[:n]
 
 
 def get_task(source: str) -> Task | None:
@@ -64,19 +90,38 @@ def task_options(task: Task, raw: dict):
 
 
 def read_rows(source: str, split: str) -> list[dict]:
-    """Rows of a data file, a saved datasets folder or (online) a hub dataset `hf:NAME`."""
+    """Rows of a data file, a saved datasets folder or (online) a hub dataset `hf:NAME`; every way a file
+    can be unreadable (missing, not UTF-8, torn JSON, a corrupt Parquet file, a folder that is not a saved
+    dataset, rows that are not objects) is one line naming the file (and the row)."""
     if source.startswith("hf:"):
         name = source[3:]
         try:
             return list(datasets.load_dataset(name, split=split))
         except Exception as e:  # offline, or no such dataset: one line, not a traceback
-            raise UserError(f"data: cannot load Hugging Face dataset '{name}' split '{split}': {e}") from None
+            raise UserError(f"data: cannot load Hugging Face dataset '{name}' split '{split}': "
+                            f"{' '.join(str(e).split())[:200]}") from None
     path = Path(source)
     if not path.exists():
         raise UserError(f"data: file not found: {source}")
-    suffix = path.suffix.lower()
+    try:
+        rows = _read(path, split)
+    except UnicodeDecodeError as e:
+        raise UserError(f"data: {source} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"data: cannot read {source}: {e.strerror or e}") from None
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"data: {source} row {i} is not an object with named fields (got {type(row).__name__})")
+    return rows
+
+
+def _read(path: Path, split: str) -> list:
+    source, suffix = str(path), path.suffix.lower()
     if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(source)
+        except Exception:  # not a save_to_disk folder (datasets raises FileNotFoundError and others)
+            raise UserError(f"data: {source} is a folder but not a saved dataset (datasets' save_to_disk)") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise UserError(f"data: {source} has no split '{split}' (splits: {', '.join(ds)})")
@@ -85,7 +130,10 @@ def read_rows(source: str, split: str) -> list[dict]:
     if suffix in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8")
         if suffix == ".json" and text.lstrip().startswith("["):
-            return json.loads(text)
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"data: {source} is not valid JSON (line {e.lineno}: {e.msg})") from None
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -96,10 +144,30 @@ def read_rows(source: str, split: str) -> list[dict]:
         return rows
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            try:
+                return list(csv.DictReader(f))
+            except csv.Error as e:
+                raise UserError(f"data: {source} is not valid CSV ({e})") from None
     if suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"data: {source} is not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
     raise UserError(f"data: unsupported file type '{suffix}' for {source} (jsonl, json, csv, parquet, a datasets folder)")
+
+
+def _messages(prompt, source: str, i: int, column: str) -> list[dict]:
+    """The chat messages of a prompt cell: text becomes one user message; a list must hold messages with
+    a string role and string content."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise UserError(f"data: {source} row {i}: '{column}' must be text or a non-empty list of chat messages")
+    for k, m in enumerate(prompt, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise UserError(f"data: {source} row {i}: message {k} of '{column}' needs a string 'role' and a string "
+                            "'content'")
+    return [dict(m) for m in prompt]
 
 
 def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> list[Example]:
@@ -114,13 +182,7 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
                 f"data: {source} row {i + 1} has no prompt column '{cfg.prompt_column}' "
                 f"(columns: {', '.join(map(str, row))}); set data.prompt_column"
             )
-        prompt = row[cfg.prompt_column]
-        if isinstance(prompt, str):
-            msgs = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt):
-            msgs = [dict(m) for m in prompt]
-        else:
-            raise UserError(f"data: {source} row {i + 1}: '{cfg.prompt_column}' must be text or a list of chat messages")
+        msgs = _messages(row[cfg.prompt_column], source, i + 1, cfg.prompt_column)
         if cfg.system_prompt and msgs[0].get("role") != "system":
             msgs = [{"role": "system", "content": cfg.system_prompt}] + msgs
         if cfg.answer_column and cfg.answer_column not in row:
@@ -149,6 +211,8 @@ def jsonl_objects(path: str, what: str) -> list[tuple[int, dict]]:
     naming `what` (the command), the file and the line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what}: {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise UserError(f"{what}: cannot read {path}: {e.strerror}") from None
     out = []
@@ -169,6 +233,17 @@ def require_answers(examples: list[Example], source: str, column: str) -> None:
     for i, ex in enumerate(examples):
         if ex.answer is None:
             raise UserError(f"data: {source} row {i + 1} has no answer column '{column}'; set data.answer_column")
+
+
+def training_prompts(source: str, cfg, split: str, seed: int, n: int) -> Prompts:
+    """The training prompts: a synthetic task's endless stream (drawn as training goes), or a file's rows
+    shuffled once with `seed` and cycled (`n`: the prompts a task without a stream makes up front)."""
+    task = get_task(source)
+    if task is not None and task.stream is not None and split == "train" and not source.endswith(":heldout"):
+        return Prompts(stream=task.stream(task_options(task, cfg.task_options), seed, cfg.system_prompt))
+    items = load_examples(source, cfg, split, n_train=n, seed=seed)
+    random.Random(seed).shuffle(items)
+    return Prompts(items)
 
 
 def load_examples(source: str, cfg, split: str, n_train: int = 0, seed: int = 0) -> list[Example]:
@@ -199,3 +274,15 @@ def encode_prompts(tokenizer, examples: list[Example], max_prompt_tokens: int) -
                 f"data.max_prompt_tokens={max_prompt_tokens}"
             )
     return ids
+
+
+def check_lengths(tokenizer, ctx_len: int, max_prompt_tokens: int, checks) -> None:
+    """A prompt plus its completion must fit the model's context, checked before any work. `checks`:
+    (examples, new tokens, the key that sets them, extra prompt tokens (e.g. a second turn's))."""
+    for examples, new, key, extra in checks:
+        ids = encode_prompts(tokenizer, examples, max_prompt_tokens)
+        longest = max((len(x) for x in ids), default=0)
+        if ids and longest + extra + new > ctx_len:
+            plus = f" + {extra} tokens of the later turns" if extra else ""
+            raise UserError(f"data: a prompt of {longest} tokens{plus} + {key}={new} exceeds the model's context "
+                            f"of {ctx_len} tokens")

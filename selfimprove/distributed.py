@@ -145,3 +145,15 @@ def any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
     return global_sums(accelerator, [1.0 if flag else 0.0])[0] > 0
+
+
+def set_threads(threads: int, key: str, log=print) -> None:
+    """torch threads per process: 0 keeps torch's default; more than the machine's CPUs is capped (a huge
+    count spawns threads up to the process limit and hangs)."""
+    if not threads:
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cpus:
+        log(f"warning: {key}={threads} is more than the {cpus} CPUs available; using {cpus}")
+        threads = cpus
+    torch.set_num_threads(threads)

@@ -42,12 +42,21 @@ def model_source(path: str, what: str = "model") -> str:
     return path  # a hub name: transformers will fetch it (when online)
 
 
+def from_pretrained(cls, path: str, what: str, **kwargs):
+    """`cls.from_pretrained(path)`, every way a shared folder can be broken (truncated or corrupt weights,
+    an unknown model_type, a config that is not JSON, missing files) as one line naming `what` and `path`."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, SafetensorError, ...
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"{what}: cannot load {path} ({type(e).__name__}: {first.strip()[:200]})") from None
+
+
 def load_tokenizer(path: str, what: str = "model", chat_template: bool = True):
     """The tokenizer of `path`, with EOS as the pad token when it has none."""
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise UserError(f"{what}: cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    tok = from_pretrained(AutoTokenizer, path, f"{what} tokenizer")
+    if tok.eos_token is None and tok.pad_token_id is None:
+        raise UserError(f"{what}: the tokenizer of {path} has neither a pad nor an end-of-sequence token")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if chat_template and tok.chat_template is None:

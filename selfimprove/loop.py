@@ -9,6 +9,7 @@ any number of processes and micro-batches gives the gradient of one batch.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 
@@ -30,10 +31,12 @@ from selfimprove.distributed import (
     whole_parameters,
 )
 from selfimprove.engines import Sampling
-from selfimprove.errors import UserError
+from selfimprove.errors import Interrupted, UserError
 from selfimprove.evaluation import evaluate
 from selfimprove.evaluation.report import plot_run, summary_table
+from selfimprove.interrupts import Interrupts
 from selfimprove.logprobs import mismatch_weights, pad_rows, policy_logprobs, reference_logprobs
+from selfimprove.resume import failure, fresh, interrupted, resume, save
 from selfimprove.state import State, setup
 from selfimprove.trace import dump_jsonl
 
@@ -46,9 +49,9 @@ def sampling_of(g) -> Sampling:
 def sample_step(state: State, step: int):
     """This process's share of the step's prompts (cycling through the training set), sampled with one
     random stream per (seed, global prompt position): the same samples with 1 or N processes."""
-    t, acc, n = state.recipe.train, state.accelerator, len(state.train_examples)
+    t, acc = state.recipe.train, state.accelerator
     first = step * t.prompts_per_step + acc.process_index * (t.prompts_per_step // acc.num_processes)
-    examples = [state.train_examples[(first + i) % n] for i in range(t.prompts_per_step // acc.num_processes)]
+    examples = [state.train_examples[first + i] for i in range(t.prompts_per_step // acc.num_processes)]
     seeds = [state.recipe.seed * 1_000_000_007 + first + i for i in range(len(examples))]
     return rollout.sample(state.engine, state.tokenizer, examples, sampling_of(state.recipe.generation),
                           tag=f"s{step}-r{acc.process_index}", max_prompt_tokens=state.recipe.data.max_prompt_tokens,
@@ -78,7 +81,7 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
     cfg, t = recipe.algorithm, recipe.train
     order = list(range(len(traces)))
     chunks = [order[i::t.mini_batches] for i in range(t.mini_batches)] if t.mini_batches > 1 else [order]
-    stats, extra, steps_taken = {"loss": 0.0, "grad_norm": 0.0}, {}, 0
+    stats, extra, steps_taken = {"loss": 0.0, "grad_norm": 0.0, "skipped_nonfinite": 0}, {}, 0
     for idx in chunks:
         n_tok = sum(sum(len(tu.token_ids) for tu in traces[i].turns if tu.trainable) for i in idx)
         live = [i for i in idx if not algo.zero_loss(traces[i], cfg)]  # traces whose gradient is exactly zero: skipped
@@ -111,7 +114,15 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
                 stats["loss"] += loss.item() / len(chunks)  # this process's share of the mean mini-batch loss
                 _collect(extra, metrics)
         norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # DeepSpeed: its own clipping's norm
-        stats["grad_norm"] += float(norm) if norm is not None else 0.0
+        norm = float(norm) if norm is not None else 0.0  # the global norm: every process decides alike
+        if not math.isfinite(norm):  # a NaN/inf gradient would make every weight NaN at the optimizer step
+            state.optimizer.zero_grad(set_to_none=True)
+            if t.on_nonfinite == "stop":
+                raise UserError(f"step {state.step + 1}: the gradient norm is {norm} (loss {stats['loss']:.4g}); "
+                                "stopped before the update (train.on_nonfinite=skip skips such steps)")
+            stats["skipped_nonfinite"] += 1
+            continue
+        stats["grad_norm"] += norm
         steps_taken += 1
         state.optimizer.step()
         state.scheduler.step()
@@ -216,13 +227,26 @@ def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> 
 
 
 def run(recipe, log=print) -> dict:
-    """Train with `recipe`; returns the summary (also written to the run folder)."""
-    state = setup(recipe, log=log)
-    acc, run = state.accelerator, state.run
+    """Train with `recipe`; returns the summary (also written to the run folder). A signal (Ctrl-C, SIGTERM,
+    SLURM's pre-emption) finishes the step, saves a checkpoint and raises `Interrupted`; a failure after
+    the first step leaves the run folder consistent for `train.resume=auto` and says so."""
+    with Interrupts() as interrupts:
+        state = setup(recipe, log=log)
+        try:
+            return _train(state, interrupts, log)
+        except Interrupted:
+            raise
+        except (UserError, OSError) as e:
+            state.engine.close()
+            raise failure(state, e) from None
+
+
+def _train(state: State, interrupts: Interrupts, log) -> dict:
+    recipe, acc, run = state.recipe, state.accelerator, state.run
     t_cfg, e_cfg, l_cfg = recipe.train, recipe.eval, recipe.log
     summary = state.summary = {"algorithm": recipe.algorithm.name, "model": recipe.model.path}
     evals = state.evals
-    start = _resume(state, log) if state.resume_from is not None else 0
+    start = resume(state, log) if state.resume_from is not None else fresh(state)
     if e_cfg.before and start == 0:
         summary["accuracy_before"] = run_eval(state, "before")
         evals.append((0, summary["accuracy_before"]))
@@ -234,7 +258,9 @@ def run(recipe, log=print) -> dict:
     with progress or nullcontext():
         task = progress.add_task("training", total=t_cfg.steps, completed=start) if progress else None
         for step in range(start, t_cfg.steps):
-            checkpoint.fault("kill_at_step", step + 1)
+            if any_process(acc, interrupts.received is not None):
+                interrupted(state, interrupts, steps_done, start, state.elapsed + time.perf_counter() - t_start)
+            checkpoint.fault("at_step", step + 1)
             state.step = step
             row, traces = train_step(state, step)
             steps_done = step + 1
@@ -244,20 +270,23 @@ def run(recipe, log=print) -> dict:
                 row["eval/accuracy"] = run_eval(state, f"step{steps_done}")
                 evals.append((steps_done, row["eval/accuracy"]))
             state.history.append(row)
+            _watch_rewards(state, row, log)
             if steps_done % l_cfg.every == 0 or steps_done == 1 or "eval/accuracy" in row:
                 run.metrics(row)
             if l_cfg.traces_every and (steps_done % l_cfg.traces_every == 0 or steps_done == 1):
                 run.traces(traces[: l_cfg.traces_per_step])
             if l_cfg.save_every and steps_done % l_cfg.save_every == 0:
-                _checkpoint(state, steps_done, elapsed)
+                save(state, steps_done, elapsed)
             if progress:
                 progress.update(task, advance=1, description=f"reward {row['reward']:.3f}")
             if t_cfg.max_seconds and elapsed >= t_cfg.max_seconds:
                 break
+    if any_process(acc, interrupts.received is not None):  # a signal during the last step or the evaluation
+        interrupted(state, interrupts, steps_done, start, state.elapsed + time.perf_counter() - t_start)
     train_seconds = state.elapsed + time.perf_counter() - t_start
     summary.update({"steps": steps_done, "train_seconds": round(train_seconds, 2)})
     if l_cfg.save_final and steps_done > start and not (l_cfg.save_every and steps_done % l_cfg.save_every == 0):
-        _checkpoint(state, steps_done, train_seconds)
+        save(state, steps_done, train_seconds)
     if e_cfg.after:
         summary["accuracy_after"] = run_eval(state, "after")
         evals.append((steps_done, summary["accuracy_after"]))
@@ -278,27 +307,14 @@ def run(recipe, log=print) -> dict:
     return summary
 
 
-def _checkpoint(state: State, step: int, elapsed: float) -> None:
-    extra = {"data_position": step * state.recipe.train.prompts_per_step, "elapsed": elapsed,
-             "evals": list(state.evals), "summary": dict(state.summary)}
-    checkpoint.save(state.run, step, state.accelerator, state.model, state.tokenizer, state.optimizer,
-                    state.scheduler, state.engine, extra, state.recipe.log.keep_last)
-
-
-def _resume(state: State, log) -> int:
-    """Continue from state.resume_from: optimizer, scheduler, RNG, logs, evaluations so far."""
-    ts = checkpoint.restore(state.resume_from, state.accelerator, state.model, state.optimizer, state.scheduler,
-                            state.engine)
-    state.step = ts["step"]
-    state.engine.load_weights()  # a vLLM engine loaded the starting checkpoint: give it the resumed weights
-    state.elapsed = ts["elapsed"]
-    state.evals.extend(tuple(e) for e in ts["evals"])
-    state.summary.update(ts["summary"])
-    state.summary["resumed_from"] = str(state.resume_from)
-    state.history = checkpoint.trim_logs(state.run.path, ts["step"]) if state.run.enabled else []
-    if state.accelerator.is_main_process:
-        log(f"resuming from {state.resume_from} (step {ts['step']})")
-    return ts["step"]
+def _watch_rewards(state: State, row: dict, log) -> None:
+    """A visible warning when a reward has applied to no trace (returned None for all) for 3 steps running."""
+    for r in state.rewards:
+        idle = state.reward_idle.get(r.name, 0) + 1 if row.get(f"rewards/{r.name}") is None else 0
+        state.reward_idle[r.name] = idle
+        if idle == 3 and state.accelerator.is_main_process:
+            log(f"warning: reward '{r.name}' applied to no trace (returned None) for 3 steps running, up to step "
+                f"{row['step']}: check its inputs (e.g. data.answer_column)")
 
 
 def _progress(enabled: bool):

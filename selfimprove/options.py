@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -114,6 +115,8 @@ def coerce(value, tp, where: str):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # inf/nan would silently poison every weight (issue 11)
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -153,15 +156,47 @@ def bind(cls, raw, where: str = ""):
 # --------------------------------------------------------------------------- files and overrides
 
 
-def read_yaml(path: str | Path, what: str) -> dict:
-    """A YAML mapping from a file; a missing file or invalid YAML is one line naming it."""
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last silently: `lr` written twice would train with whichever came second)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}' (line {key_node.start_mark.line + 1})",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A text file's contents as UTF-8; missing, unreadable or not UTF-8 is one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_yaml(path: str | Path, what: str) -> dict:
+    """A YAML mapping from a file; a missing file, invalid YAML or a duplicate key is one line naming it."""
+    text = read_text(path, what)
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if raw is None:
+        raise UserError(f"{path}: the {what} file is empty")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a {what} is a mapping of keys")
     return raw

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from selfimprove.errors import UserError
-from selfimprove.hub import NAMED_MODELS, load_tokenizer, resolve_model
+from selfimprove.hub import NAMED_MODELS, from_pretrained, load_tokenizer, resolve_model
 
 __all__ = ["NAMED_MODELS", "load_tokenizer", "load_model", "resolve_model_path"]
 
@@ -19,11 +19,7 @@ def resolve_model_path(path: str, log=print) -> str:
 
 
 def load_model(path: str, dtype: str = "float32"):
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    except OSError as e:
-        raise UserError(f"model: cannot load {path}: {str(e).splitlines()[0]}") from None
-    return model
+    return from_pretrained(AutoModelForCausalLM, path, "model", dtype=DTYPES[dtype])
 
 
 def load_quantized(path: str, cfg):
@@ -41,11 +37,8 @@ def load_quantized(path: str, cfg):
            else BitsAndBytesConfig(load_in_8bit=True))
     from peft import prepare_model_for_kbit_training
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=compute,
-                                                     device_map={"": torch.cuda.current_device()})
-    except OSError as e:
-        raise UserError(f"model: cannot load {path}: {str(e).splitlines()[0]}") from None
+    model = from_pretrained(AutoModelForCausalLM, path, "model", quantization_config=bnb, dtype=compute,
+                            device_map={"": torch.cuda.current_device()})
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
 

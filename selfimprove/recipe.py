@@ -33,6 +33,19 @@ def _algorithm_section(raw: dict, source: str) -> dict:
     return {**algo_raw, "name": plain(algo_raw["name"])}
 
 
+def learning_errors(recipe, algo) -> list[str]:
+    """Settings under which the method cannot learn: errors, not a run that trains on nothing."""
+    g, why = recipe.generation, algo.needs_groups(recipe.algorithm)
+    errs = []
+    if g.n < 2 and why:
+        errs.append(f"generation.n=1: {algo.name} learns by comparing the samples of a group ({why}); "
+                    "set generation.n >= 2")
+    if g.temperature == 0:
+        errs.append("generation.temperature=0 is greedy: in training every sample of a prompt is the same and "
+                    "the sampler's probabilities are not the policy's; set generation.temperature > 0")
+    return errs
+
+
 def bind_recipe(raw: dict, source: str = ""):
     """The typed recipe of a raw mapping (a YAML file with its overrides applied)."""
     raw = {k: v for k, v in raw.items() if k != "source"}
@@ -51,7 +64,7 @@ def bind_recipe(raw: dict, source: str = ""):
         recipe = bind(Recipe, {k: v for k, v in raw.items() if k != "algorithm"}, "")
         recipe.algorithm = bind(algo.Config, algo_raw, "algorithm")
         validate(recipe)
-        errors = algo.check(recipe.algorithm)
+        errors = algo.check(recipe.algorithm) + learning_errors(recipe, algo)
     for err in errors:
         raise UserError(err)
     task = get_task(recipe.data.train)

@@ -1,31 +1,65 @@
 """The run folder: resolved config, metrics.jsonl, traces.jsonl, summary (checkpoints: checkpoint.py).
 
-The folder is created on the first write, i.e. once the first training step has passed: a recipe
-or data mistake found during setup or the first step leaves nothing half-written behind.
+A run folder belongs to one run. `RunLog` checks, before any work starts, that `log.out/log.name` can
+be written and is not another run's: an existing folder is only continued by `train.resume` or replaced
+when the recipe says `log.overwrite: true` (then at the first write, so a mistake found during setup
+still leaves the old run as it was). The folder is created on the first write, i.e. once the first
+training step has passed: a recipe or data mistake found during setup or the first step leaves nothing
+half-written behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
+from selfimprove.errors import UserError
 from selfimprove.options import dump_yaml
 from selfimprove.trace import dump_jsonl
 
 
+def writable_folder(path: Path, key: str) -> None:
+    """`path` is, or can be created as, a folder we may write into: one line naming `key` if not."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{key}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{key}: cannot write in {probe} (permission denied)")
+
+
 class RunLog:
     def __init__(self, recipe, enabled: bool = True):
-        name = recipe.log.name or f"{Path(recipe.source).stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.path = Path(recipe.log.out) / name
+        log, resume = recipe.log, getattr(recipe.train, "resume", "")  # programs have no resume
+        writable_folder(Path(log.out), "log.out")
+        if log.name:
+            self.path = Path(log.out) / log.name
+        else:  # a fresh default name; a second run in the same second gets a suffix
+            stem = f"{Path(recipe.source).stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.path, k = Path(log.out) / stem, 2
+            while self.path.exists():
+                self.path, k = Path(log.out) / f"{stem}-{k}", k + 1
+        self.mode = "continue" if resume else "overwrite" if log.overwrite else "new"
+        if self.mode == "new" and self.path.exists() and any(self.path.iterdir()):
+            raise UserError(f"log.name: the run folder {self.path} exists; continue it with train.resume=auto, "
+                            "replace it with log.overwrite=true, or choose another log.name")
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"log.name: {self.path} exists and is not a folder")
         self.recipe = recipe
         self.enabled = enabled  # only the main process writes
         self._created = False
 
     def ensure(self) -> Path:
         if self.enabled and not self._created:
+            if self.mode == "overwrite" and self.path.exists():
+                shutil.rmtree(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
+            if self.mode == "new" and (self.path / "config.yaml").exists():  # another run took the name meanwhile
+                raise UserError(f"log.name: the run folder {self.path} was created by another run meanwhile")
             dump_yaml(self.recipe, self.path / "config.yaml")
             self._created = True
         return self.path

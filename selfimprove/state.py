@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
-import torch
 from accelerate.utils import set_seed
 
 from reward import build_rewards
 from selfimprove import checkpoint
 from selfimprove.algorithms import Algorithm, get_algorithm
-from selfimprove.data import encode_prompts, get_task, load_examples, require_answers
-from selfimprove.distributed import configure_deepspeed, make_accelerator, zero_stage
+from selfimprove.data import Prompts, check_lengths, get_task, load_examples, require_answers, training_prompts
+from selfimprove.distributed import configure_deepspeed, make_accelerator, set_threads, zero_stage
 from selfimprove.engines import make_engine
 from selfimprove.errors import UserError
 from selfimprove.optim import make_optimizer, make_scheduler
@@ -41,7 +39,7 @@ class State:
     scheduler: object
     engine: object
     rewards: list
-    train_examples: list
+    train_examples: Prompts
     eval_examples: list
     run: RunLog
     step: int = 0
@@ -52,43 +50,40 @@ class State:
     evals: list = field(default_factory=list)  # (step, accuracy) so far
     summary: dict = field(default_factory=dict)
     elapsed: float = 0.0  # training seconds before this process started (resumed runs)
+    reward_idle: dict = field(default_factory=dict)  # reward name -> steps running it applied to no trace
 
 
-def _examples(recipe, eval_on: bool) -> tuple[list, list]:
-    """Training examples (enough for every step) and the eval set (empty when no evaluation is asked)."""
+def _examples(recipe, eval_on: bool) -> tuple[Prompts, list]:
+    """Training prompts (a stream or a cycled list) and the eval set (empty when no evaluation is asked)."""
     d = recipe.data
-    n_train = max(recipe.train.steps, 1) * recipe.train.prompts_per_step
-    train_examples = load_examples(d.train, d, d.train_split, n_train=n_train, seed=recipe.seed)
+    n_train = max(recipe.train.steps, 1) * recipe.train.prompts_per_step  # only for a task without a stream
+    train_prompts = training_prompts(d.train, d, d.train_split, recipe.seed, n_train)
     if not eval_on:
-        return train_examples, []
+        return train_prompts, []
     eval_src = d.eval or (d.train if get_task(d.train) else None)
     if eval_src is None:
         raise UserError("eval is on but data.eval is not set (a held-out file or dataset)")
     eval_examples = load_examples(eval_src, d, d.eval_split)[: recipe.eval.n]
     require_answers(eval_examples, eval_src, d.answer_column)
-    return train_examples, eval_examples
+    return train_prompts, eval_examples
 
 
-def _check_lengths(recipe, tokenizer, ctx_len: int, train_examples, eval_examples) -> None:
-    """A prompt plus its completion must fit the model's context (before anything is written)."""
+def _check_lengths(recipe, tokenizer, ctx_len: int, train_prompts: Prompts, eval_examples) -> None:
     d = recipe.data
     # synthetic tasks are uniform: a sample of prompts stands for all; user data is checked whole
-    sample = train_examples[:2000] if get_task(d.train) else train_examples
-    for examples, new, key in ((sample, recipe.generation.max_new_tokens, "generation"),
-                               (eval_examples, recipe.eval.max_new_tokens, "eval")):
-        ids = encode_prompts(tokenizer, examples, d.max_prompt_tokens)
-        longest = max((len(x) for x in ids), default=0)
-        if ids and longest + new > ctx_len:
-            raise UserError(f"data: a prompt of {longest} tokens + {key}.max_new_tokens={new} "
-                            f"exceeds the model's context of {ctx_len} tokens")
+    sample = train_prompts.first(2000) if get_task(d.train) else train_prompts.items
+    check_lengths(tokenizer, ctx_len, d.max_prompt_tokens,
+                  [(sample, recipe.generation.max_new_tokens, "generation.max_new_tokens", 0),
+                   (eval_examples, recipe.eval.max_new_tokens, "eval.max_new_tokens", 0)])
 
 
 def setup(recipe, log=print) -> State:
     """Everything a user can get wrong is checked here, before anything is written."""
     algo, t = get_algorithm(recipe.algorithm.name), recipe.train
     accelerator = make_accelerator(recipe.model.dtype)
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    say = log if accelerator.is_main_process else (lambda *a: None)
+    run = RunLog(recipe, enabled=accelerator.is_main_process)  # log.out writable, log.name not another run's
+    set_threads(t.threads, "train.threads", say)
     set_seed(recipe.seed)
     if t.prompts_per_step % accelerator.num_processes:
         raise UserError(f"train.prompts_per_step={t.prompts_per_step} must be divisible by the "
@@ -100,7 +95,8 @@ def setup(recipe, log=print) -> State:
         raise UserError(f"eval.reward '{recipe.eval.reward}' is not one of the recipe's rewards ({', '.join(names)})")
     train_examples, eval_examples = _examples(recipe, eval_on)
 
-    path = resolve_model_path(recipe.model.path, log=log if accelerator.is_main_process else (lambda *a: None))
+    resume_from = checkpoint.find(recipe, accelerator.num_processes, say)
+    path = resolve_model_path(recipe.model.path, log=say)
     tokenizer = load_tokenizer(path)
     # QLoRA: a frozen quantized base under LoRA; else fp32 master weights (model.dtype sets the autocast precision)
     model = load_quantized(path, recipe.model) if recipe.model.quantize != "none" else load_model(path, "float32")
@@ -112,7 +108,6 @@ def setup(recipe, log=print) -> State:
         model = add_lora(model, recipe.model)
     # with LoRA the reference is the same model with its adapters switched off: no second copy
     ref_model = (model if lora else frozen_copy(model)) if algo.needs_reference(recipe.algorithm) else None
-    resume_from = checkpoint.find(recipe)
     # after the reference copy: the reference stays the starting model. Under ZeRO-3 the parameters are
     # already partitioned here; DeepSpeed's own checkpoint restores them in _resume
     if resume_from is not None and zero_stage(accelerator) != 3:
@@ -129,7 +124,5 @@ def setup(recipe, log=print) -> State:
                          seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
                          model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
                          lora_r=recipe.model.lora_r)
-    random.Random(recipe.seed).shuffle(train_examples)
     return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
-                 train_examples, eval_examples, RunLog(recipe, enabled=accelerator.is_main_process),
-                 resume_from=resume_from)
+                 train_examples, eval_examples, run, resume_from=resume_from)

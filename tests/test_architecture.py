@@ -21,12 +21,12 @@ REWARD_MAY_IMPORT = {"selfimprove.errors", "selfimprove.trace", "selfimprove.eng
 LAYERS = [
     ["selfimprove.errors", "selfimprove.trace", "selfimprove.options", "selfimprove.hub", "selfimprove.engines.base"],
     ["selfimprove.config", "selfimprove.data", "selfimprove.batch", "selfimprove.policy", "selfimprove.engines",
-     "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.evaluation.metrics",
+     "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.interrupts", "selfimprove.evaluation.metrics",
      "selfimprove.evaluation.report"],
     ["reward"],
     ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.algorithms",
      "selfimprove.evaluation", "selfimprove.cct"],
-    ["selfimprove.programs", "selfimprove.recipe", "selfimprove.state", "selfimprove.loop", "selfimprove"],
+    ["selfimprove.programs", "selfimprove.recipe", "selfimprove.state", "selfimprove.resume", "selfimprove.loop", "selfimprove"],
     ["selfimprove.tiny"],  # the tiny world: above the library, which finds it by name only
     ["selfimprove.commands", "selfimprove.cli", "selfimprove.__main__"],
 ]

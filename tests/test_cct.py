@@ -25,7 +25,8 @@ def test_cct_mixture_from_own_attempts_then_sft(tmp_path, capsys, mini_model):
 
 
 def test_cct_bad_inputs(tmp_path, capsys, mini_model):
-    assert main(["cct", mini_model, "--data", "arith", "--n", "4", "--k", "1", "--rows", "50", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert main(["cct", mini_model, "--data", "arith", "--n", "4", "--k", "1", "--rows", "50", "--max-new-tokens", "5",
+                 "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "are needed" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')

@@ -124,7 +124,7 @@ def test_flags_key_values_and_config_files_bind_the_same_options(tmp_path):
     (["train", "recipes/quickstart.yaml", "data.task_options.ops=+"], "keys are at most 2 levels deep"),
     (["train", "recipes/quickstart.yaml", "algorithm.name=selfjj"], "unknown algorithm 'selfjj'; did you mean 'selfj'"),
     (["train", "recipes/quickstart.yaml", "--config", "recipes/quickstart.yaml"], "give the recipe once"),
-    (["eval", "tiny", "--data", "arith", "--temperature", "-1"], "--temperature must be >= 0, got -1.0"),
+    (["eval", "tiny", "--data", "arith", "--temperature", "-1"], "--temperature must be 0 (greedy) or >= 1e-05, got -1.0"),
     (["eval", "tiny", "--data", "arith", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
     (["eval", "tiny", "--data", "arith", "--turns", "2", "--k", "2", "--pick", "math_correct"], "does not go with --turns 2"),
     (["nope"], "unknown command 'nope'"),

@@ -54,6 +54,8 @@ class Algorithm:
     needs_reference: (cfg) -> whether the loss reads `batch["ref_logp"]` (a frozen reference's log-probs)
     zero_loss:       (trace, cfg) -> True when the trace's loss and gradient are exactly zero: the loop
                      skips its forward/backward but still counts its tokens (the gradient is unchanged)
+    needs_groups:    (cfg) -> a short reason when the method learns only by comparing the samples of a group (a
+                     group baseline, dropping all-equal groups), else None: then generation.n=1 is an error
     instruction:     two-turn methods: (cfg) -> the instruction between attempt 1 and attempt 2; the loop
                      then samples attempt 2 after scoring attempt 1 and scores the episode again. None:
                      single-turn
@@ -67,6 +69,7 @@ class Algorithm:
     meta_keys: tuple[str, ...] = ()
     needs_reference: Callable[[Any], bool] = never
     zero_loss: Callable[[Trace, Any], bool] = never
+    needs_groups: Callable[[Any], str | None] = lambda cfg: None
     instruction: Callable[[Any], str] | None = None
 
     def __post_init__(self):
@@ -86,10 +89,12 @@ def get_algorithm(name: str) -> Algorithm:
         near = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(ALGORITHMS)})"
         raise UserError(f"unknown algorithm '{name}'{hint}")
+    if name.startswith(".") or name.endswith(".") or ".." in name or ":" in name:
+        raise UserError(f"algorithm '{name}' is neither a known algorithm nor a module path (package.module)")
     try:
         module = importlib.import_module(name)
-    except ImportError as e:
-        raise UserError(f"algorithm '{name}' cannot be imported: {e}") from None
+    except Exception as e:  # ImportError, or the user's module failing as it loads (a SyntaxError, ...)
+        raise UserError(f"algorithm '{name}' cannot be imported ({type(e).__name__}: {' '.join(str(e).split())})") from None
     algo = getattr(module, "ALGORITHM", None)
     if not isinstance(algo, Algorithm):
         raise UserError(f"algorithm module '{name}' does not export ALGORITHM = Algorithm(name=..., Config=..., "

@@ -48,6 +48,8 @@ def check(cfg: Config) -> list[str]:
                                "loss_agg": LOSS_AGGREGATIONS, "kl_estimator": KL_ESTIMATORS})
     if cfg.kl_coef < 0 or cfg.clip_low < 0 or cfg.clip_high < 0:
         errs.append("algorithm.kl_coef, clip_low and clip_high must be >= 0")
+    if cfg.loss_constant <= 0:
+        errs.append(f"algorithm.loss_constant must be > 0, got {cfg.loss_constant}")
     return errs
 
 
@@ -108,5 +110,9 @@ def loss(batch, logp, cfg: Config):
     return tok, metrics
 
 
+def needs_groups(cfg: Config) -> str:
+    return "the advantage is the reward minus its group's mean"
+
+
 ALGORITHM = Algorithm(name="grpo", Config=Config, prepare=prepare, loss=loss, check=check,
-                      needs_reference=needs_reference, zero_loss=zero_loss)
+                      needs_reference=needs_reference, zero_loss=zero_loss, needs_groups=needs_groups)

@@ -50,6 +50,10 @@ def check(cfg: Config) -> list[str]:
         errs.append("algorithm.rhat_min/rhat_max must satisfy 0 < min <= max < 1")
     if cfg.epsilon <= 0:
         errs.append("algorithm.epsilon must be > 0")
+    if not 0 < cfg.max_log_ratio <= 80:  # exp(80) still fits float32; a larger clamp overflows to inf
+        errs.append(f"algorithm.max_log_ratio must be in (0, 80], got {cfg.max_log_ratio}")
+    if cfg.neg_weight < 0 or cfg.loss_constant <= 0:
+        errs.append("algorithm.neg_weight must be >= 0 and algorithm.loss_constant > 0")
     return errs
 
 
@@ -97,4 +101,9 @@ def loss(batch, logp, cfg: Config):
     return tok, metrics
 
 
-ALGORITHM = Algorithm(name="nft", Config=Config, prepare=prepare, loss=loss, check=check, meta_keys=META_KEYS)
+def needs_groups(cfg: Config) -> str | None:
+    return "algorithm.filter_groups drops groups whose samples are all correct or all wrong" if cfg.filter_groups else None
+
+
+ALGORITHM = Algorithm(name="nft", Config=Config, prepare=prepare, loss=loss, check=check, meta_keys=META_KEYS,
+                      needs_groups=needs_groups)

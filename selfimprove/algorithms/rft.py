@@ -28,4 +28,4 @@ def check(cfg: Config) -> list[str]:
 
 
 ALGORITHM = Algorithm(name="rft", Config=Config, prepare=nft.prepare, loss=nft.loss, check=check,
-                      meta_keys=nft.META_KEYS)
+                      meta_keys=nft.META_KEYS, needs_groups=nft.needs_groups)

@@ -49,6 +49,8 @@ def check(cfg: Config) -> list[str]:
                                "loss_agg": LOSS_AGGREGATIONS})
     if min(cfg.beta1, cfg.beta2, cfg.stage1_turn2_kl, cfg.stage1_steps) < 0:
         errs.append("algorithm.beta1, beta2, stage1_turn2_kl and stage1_steps must be >= 0")
+    if cfg.alpha < 0 or cfg.loss_constant <= 0:
+        errs.append("algorithm.alpha must be >= 0 and algorithm.loss_constant > 0")
     return errs
 
 
@@ -121,5 +123,9 @@ def loss(batch, logp, cfg: Config):
     return tok, metrics
 
 
+def needs_groups(cfg: Config) -> str | None:
+    return f"algorithm.baseline={cfg.baseline} subtracts the group's mean" if cfg.baseline != "none" else None
+
+
 ALGORITHM = Algorithm(name="score", Config=Config, prepare=prepare, loss=loss, check=check, meta_keys=META_KEYS,
-                      needs_reference=needs_reference, instruction=instruction)
+                      needs_reference=needs_reference, instruction=instruction, needs_groups=needs_groups)

@@ -46,4 +46,5 @@ def prepare(traces, cfg: Config):
 
 
 ALGORITHM = Algorithm(name="ssr", Config=Config, prepare=prepare, loss=grpo.loss, check=grpo.check,
-                      needs_reference=grpo.needs_reference, zero_loss=grpo.zero_loss)
+                      needs_reference=grpo.needs_reference, zero_loss=grpo.zero_loss,
+                      needs_groups=grpo.needs_groups)

@@ -24,9 +24,10 @@ from selfimprove.config import (
     check_log,
     check_model,
     check_optim,
+    check_ranges,
     check_sampling,
+    check_seed,
 )
-from selfimprove.errors import UserError
 from selfimprove.options import opt
 
 PROGRAMS = {
@@ -91,17 +92,10 @@ class ProgramRecipe:
 
 def check_program_recipe(recipe: ProgramRecipe) -> None:
     """The sections every program recipe shares (model, data, generation, train, log)."""
+    check_seed(recipe.seed)
     check_model(recipe.model)
     check_data(recipe.data)
     check_sampling(recipe.generation)
     check_optim(recipe.train)
-    t = recipe.train
-    checks = [
-        (t.epochs > 0, "train.epochs must be > 0"),
-        (t.batch_size >= 1, "train.batch_size must be >= 1"),
-        (t.max_steps >= 0, "train.max_steps must be >= 0"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+    check_ranges(recipe.train, "train.", {"epochs": ">0", "batch_size": ">=1", "max_steps": ">=0"})
     check_log(recipe.log)

@@ -300,6 +300,7 @@ def train(recipe, log=print) -> dict:
         torch.set_num_threads(t.threads)
     set_seed(recipe.seed)
     say = log if acc.is_main_process else (lambda *a: None)
+    run = RunLog(recipe, enabled=acc.is_main_process)  # the run folder is checked before any work
     model, tokenizer, train_tr, eval_tr, label_s = label_answers(recipe, acc, say)
 
     max_len = min(context_length(model), recipe.data.max_prompt_tokens + 2)
@@ -313,7 +314,6 @@ def train(recipe, log=print) -> dict:
     # the recipe's schedule over this run's optimizer steps (epochs x steps per epoch)
     sched = make_scheduler(opt, t, total_steps_of(t, steps_per_epoch_of(acc, len(pairs), t.batch_size)))
     model, opt = acc.prepare(model, opt)
-    run = RunLog(recipe, enabled=acc.is_main_process)
     t1 = time.perf_counter()
     history = train_epochs(acc, model, opt, sched, pairs, tokenizer.pad_token_id, recipe, run, say)
     train_s = time.perf_counter() - t1

@@ -375,6 +375,7 @@ def train(recipe, log=print) -> dict:
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     accelerator = make_accelerator(recipe.model.dtype)  # a fresh accelerate state when the precision changed
+    run = RunLog(recipe, enabled=accelerator.is_main_process)  # the run folder is checked before any work
     path = resolve_model_path(recipe.model.path, log=log)
     tokenizer = load_tokenizer(path)
     train_pairs, held_pairs, extras = load_data(recipe, path, tokenizer, log)
@@ -383,7 +384,6 @@ def train(recipe, log=print) -> dict:
     held_rows, held_dropped = encode_pairs(tokenizer, held_pairs, cfg.max_length, margin)
     if not train_rows:
         raise UserError(f"every training pair is longer than algorithm.max_length={cfg.max_length} tokens")
-    run = RunLog(recipe, enabled=accelerator.is_main_process)
     trainer = RewardTrainer(model=path, args=reward_config(recipe, str(run.path), accelerator.num_processes),
                             train_dataset=datasets.Dataset.from_list(train_rows), processing_class=tokenizer,
                             peft_config=peft_config(recipe.model))

@@ -7,7 +7,9 @@ are `data.task_options` (`ArithOptions`).
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from selfimprove.data import Example, Task
@@ -81,16 +83,20 @@ def validation(o: ArithOptions, n: int, seed: int) -> list[Example]:
     return _distinct(o, n, seed, "val", {ex.prompt[-1]["content"] for ex in heldout(o)}, None)
 
 
-def train(o: ArithOptions, n: int, seed: int, system_prompt: str | None = None) -> list[Example]:
-    """`n` training problems (repeats allowed), never one of the held-out questions."""
+def stream(o: ArithOptions, seed: int, system_prompt: str | None = None) -> Iterator[Example]:
+    """The endless training stream (repeats allowed), never one of the held-out questions."""
     held = {ex.prompt[-1]["content"] for ex in heldout(o)}
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
+    rng, i = random.Random(seed), 0
+    while True:
         q, a = arith_problem(rng, o)
         if q not in held:
-            out.append(_example(q, a, f"arith-train-{len(out)}", system_prompt))
-    return out
+            yield _example(q, a, f"arith-train-{i}", system_prompt)
+            i += 1
 
 
-TASK = Task("arith", ArithOptions, train, heldout, check)
+def train(o: ArithOptions, n: int, seed: int, system_prompt: str | None = None) -> list[Example]:
+    """The first `n` problems of the training stream."""
+    return list(itertools.islice(stream(o, seed, system_prompt), n))
+
+
+TASK = Task("arith", ArithOptions, train, heldout, check, stream=stream)

@@ -26,8 +26,10 @@ other words than the ones asked for.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from selfimprove.data import Example, Task
@@ -166,10 +168,20 @@ def heldout(o: TranslateOptions, system_prompt: str | None = None) -> list[Examp
             for i, s in enumerate(heldout_sources(o.n_heldout, o.heldout_seed))]
 
 
-def train(o: TranslateOptions, n: int, seed: int, system_prompt: str | None = None) -> list[Example]:
-    """Training prompts have no reference: monolingual sources, as in SSR."""
+def stream(o: TranslateOptions, seed: int, system_prompt: str | None = None) -> Iterator[Example]:
+    """The endless training stream (the same sources as `train_sources`). Training prompts have no
+    reference: monolingual sources, as in SSR."""
     held = set(heldout_sources(o.n_heldout, o.heldout_seed))
-    return [_example("train", i, s, system_prompt, False) for i, s in enumerate(train_sources(n, seed, held))]
+    rng, i = random.Random(seed), 0
+    while True:
+        s = random_source(rng)
+        if s not in held:
+            yield _example("train", i, s, system_prompt, False)
+            i += 1
 
 
-TASK = Task("translate", TranslateOptions, train, heldout, _check)
+def train(o: TranslateOptions, n: int, seed: int, system_prompt: str | None = None) -> list[Example]:
+    return list(itertools.islice(stream(o, seed, system_prompt), n))
+
+
+TASK = Task("translate", TranslateOptions, train, heldout, _check, stream=stream)

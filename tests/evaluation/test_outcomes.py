@@ -9,7 +9,7 @@ from selfimprove.cli import main
 def test_two_turn_eval_and_offline_metrics_agree(tmp_path, capsys, mini_model):
     out, traces, plot = tmp_path / "m.json", tmp_path / "t.jsonl", tmp_path / "p.png"
     code = main(["eval", mini_model, "--data", "arith", "--turns", "2", "--k", "3", "--n", "12", "--temperature", "1.0",
-                 "--out", str(out), "--traces", str(traces), "--plot", str(plot)])
+                 "--max-new-tokens", "8", "--out", str(out), "--traces", str(traces), "--plot", str(plot)])
     assert code == 0 and plot.is_file()
     m = json.loads(out.read_text())
     for key in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "cl", "cs", "rss", "n_problems", "k",

@@ -26,7 +26,7 @@ def test_tiny_model_loads_like_any_model_and_leaves_room_to_learn(tiny, tmp_path
     text = tok.apply_chat_template([{"role": "user", "content": "12+35="}], tokenize=False, add_generation_prompt=True)
     assert tok.decode(tok(text)["input_ids"]) == text
     out = tmp_path / "eval.json"
-    assert main(["eval", "tiny", "--data", "arith", "--n", "500", "--out", str(out)]) == 0
+    assert main(["eval", "tiny", "--data", "arith", "--n", "500", "--max-new-tokens", "16", "--out", str(out)]) == 0
     acc = json.loads(out.read_text())["accuracy"]
     assert 0.15 <= acc <= 0.70
 
