@@ -64,7 +64,7 @@ def score_everywhere(state: State, traces, step: int) -> None:
     try:
         score(traces, state.rewards, RewardContext(state.tokenizer, state.engine, step))
     except UserError as e:
-        error = e
+        error = UserError(f"step {step + 1}: {e}")
     if any_process(state.accelerator, error is not None) and error is None:
         raise UserError(f"a reward failed on another process at step {step + 1} (its message is in that process's output)")
     if error is not None:
@@ -90,6 +90,7 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
             continue
         # under DeepSpeed ZeRO reduces at every backward: every process runs as many micro-batches
         mbs = equal_counts(acc, micro_batches(live, t.micro_batch_size) or [[]], uses_deepspeed(acc))
+        chunk_loss = 0.0
         for k, mb in enumerate(mbs):
             with accumulation_boundary(acc, model, last=k == len(mbs) - 1):
                 if not mb:  # nothing to train on this process: a zero loss keeps processes in step
@@ -111,17 +112,20 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
                 loss = aggregate(tok, batch["mask"], cfg.loss_agg, n_tok, n_seq, recipe.generation.max_new_tokens,
                                  cfg.loss_constant)
                 acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes; the sum is wanted
-                stats["loss"] += loss.item() / len(chunks)  # this process's share of the mean mini-batch loss
+                chunk_loss += loss.item() / len(chunks)  # this process's share of the mean mini-batch loss
                 _collect(extra, metrics)
         norm = acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # DeepSpeed: its own clipping's norm
         norm = float(norm) if norm is not None else 0.0  # the global norm: every process decides alike
-        if not math.isfinite(norm):  # a NaN/inf gradient would make every weight NaN at the optimizer step
+        # a NaN/inf loss or gradient would make every weight NaN at the optimizer step (the norm is global; a
+        # loss is this process's, hence the vote)
+        if any_process(acc, not (math.isfinite(norm) and math.isfinite(chunk_loss))):
             state.optimizer.zero_grad(set_to_none=True)
             if t.on_nonfinite == "stop":
-                raise UserError(f"step {state.step + 1}: the gradient norm is {norm} (loss {stats['loss']:.4g}); "
+                raise UserError(f"step {state.step + 1}: the gradient norm is {norm} (loss {chunk_loss:.4g}); "
                                 "stopped before the update (train.on_nonfinite=skip skips such steps)")
             stats["skipped_nonfinite"] += 1
             continue
+        stats["loss"] += chunk_loss
         stats["grad_norm"] += norm
         steps_taken += 1
         state.optimizer.step()

@@ -11,7 +11,7 @@ from reward import build_rewards
 from selfimprove import checkpoint
 from selfimprove.algorithms import Algorithm, get_algorithm
 from selfimprove.data import Prompts, check_lengths, get_task, load_examples, require_answers, training_prompts
-from selfimprove.distributed import configure_deepspeed, make_accelerator, set_threads, zero_stage
+from selfimprove.distributed import configure_deepspeed, make_accelerator, set_threads, uses_deepspeed, zero_stage
 from selfimprove.engines import make_engine
 from selfimprove.errors import UserError
 from selfimprove.optim import make_optimizer, make_scheduler
@@ -85,6 +85,9 @@ def setup(recipe, log=print) -> State:
     run = RunLog(recipe, enabled=accelerator.is_main_process)  # log.out writable, log.name not another run's
     set_threads(t.threads, "train.threads", say)
     set_seed(recipe.seed)
+    if t.on_nonfinite == "skip" and uses_deepspeed(accelerator):  # its engine steps inside backward()
+        raise UserError("train.on_nonfinite=skip is not available under DeepSpeed (its engine takes the optimizer "
+                        "step itself); use stop")
     if t.prompts_per_step % accelerator.num_processes:
         raise UserError(f"train.prompts_per_step={t.prompts_per_step} must be divisible by the "
                         f"{accelerator.num_processes} processes")

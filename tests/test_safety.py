@@ -1,6 +1,7 @@
 """Trust at the boundary (issue 11): checkpoints are data, a run folder is never damaged by another run,
 signals save, non-finite values stop early, damaged state is survivable, resources are bounded."""
 
+import errno
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from selfimprove.cli import main
 from selfimprove.recipe import load_recipe
+from selfimprove.runlog import RunLog
 from selfimprove.state import setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +132,22 @@ def test_a_failure_after_step_one_leaves_a_folder_resume_continues(tmp_path, wri
     monkeypatch.delenv("SELFIMPROVE_TEST_FAIL")
     assert main(["train", str(recipe), "train.resume=auto"]) == 0
     assert same(weights(tmp_path / "runs/whole", 4), weights(tmp_path / "runs/run", 4))
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_whole_checkpoint(tmp_path, write_recipe, capsys, monkeypatch):
+    write = RunLog.metrics
+
+    def full_at_step_3(self, row):
+        if row["step"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "metrics.jsonl"))
+        write(self, row)
+
+    monkeypatch.setattr(RunLog, "metrics", full_at_step_3)
+    recipe = write_recipe(**{**SHORT, "log": {"save_every": 2, "keep_last": 2}})
+    assert main(["train", str(recipe)]) == 2
+    err = one_error_line(capsys)
+    assert "No space left on device" in err and "metrics.jsonl" in err and "step-000002 is the last whole one" in err
+    assert sorted(p.name for p in (tmp_path / "runs/run/checkpoints").iterdir()) == ["step-000002"]
 
 
 def huge_at_step_2(traces, ctx):
