@@ -312,8 +312,9 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
 
 
 def _watch_rewards(state: State, row: dict, log) -> None:
-    """A visible warning when a reward has applied to no trace (returned None for all) for 3 steps running."""
-    for r in state.rewards:
+    """A visible warning when a reward has applied to no trace (returned None for all) for 3 steps running.
+    Weight-0 rewards are metrics (e.g. exact_match on the eval set only) and may well never apply in training."""
+    for r in (r for r in state.rewards if r.weight):
         idle = state.reward_idle.get(r.name, 0) + 1 if row.get(f"rewards/{r.name}") is None else 0
         state.reward_idle[r.name] = idle
         if idle == 3 and state.accelerator.is_main_process:

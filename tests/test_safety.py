@@ -180,11 +180,13 @@ def never_applies(traces, ctx):
 
 
 def test_a_reward_that_applies_to_nothing_is_a_visible_warning(write_recipe, capsys):
-    recipe = write_recipe(**SHORT, rewards=[{"fn": "tests.test_safety:never_applies"}, {"fn": "math_correct"}])
-    assert main(["train", str(recipe)]) == 0
+    rewards = [{"fn": "tests.test_safety:never_applies"}, {"fn": "math_correct"},
+               {"fn": "tests.test_safety:never_applies", "name": "metric_only", "weight": 0.0}]
+    assert main(["train", str(write_recipe(**SHORT, rewards=rewards))]) == 0
     out = capsys.readouterr().out
     assert "warning: reward 'tests.test_safety:never_applies' applied to no trace (returned None) for 3 steps" in out
     assert "math_correct' applied" not in out
+    assert "metric_only' applied" not in out  # a weight-0 reward is a metric: it may apply only on the eval set
 
 
 def test_training_prompts_are_drawn_lazily(write_recipe):
