@@ -4,17 +4,21 @@ A reward is a plain function `fn(traces, ctx, **kwargs) -> list[float | None]`, 
 `REWARDS` or by a `"package.module:function"` path. `None` means "not applicable to this trace"
 (e.g. no reference answer); the combined reward is the weighted sum of the parts that apply, and each
 part is kept in `trace.rewards[name]`. TRL-style functions `fn(prompts, completions, **columns)` work
-too: any function with a `completions` parameter is wrapped by `trl_adapter`.
+too: any function with a `completions` parameter is wrapped by `trl_adapter` (GRPOTrainer's calling
+convention), and verl's `compute_score(data_source, solution_str, ground_truth, extra_info)` by
+`verl_adapter`. A reward may be `async def`; its values any real number or None.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import functools
 import importlib
 import inspect
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from reward.format import number_format, regex_format, think_format
@@ -46,6 +50,8 @@ class RewardContext:
     tokenizer: Any = None
     engine: Any = None  # the generation engine (self-judging rewards query the current policy)
     step: int = 0
+    max_steps: int = 0
+    logged: dict = field(default_factory=dict)  # name -> values a TRL reward passed to log_metric this step
 
 
 @dataclass
@@ -57,28 +63,77 @@ class BoundReward:
     weight: float
 
 
+@dataclass(frozen=True)
+class TrainerState:
+    """What TRL rewards read from `trainer_state` (GRPOTrainer passes its TrainerState)."""
+
+    global_step: int
+    max_steps: int
+
+
+def _accepted(fn: Callable, kwargs: dict) -> dict:
+    """TRL calls every reward with every column; a function without **kwargs gets only what it names."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
 def trl_adapter(fn: Callable) -> Callable:
-    """Call a TRL reward function: prompts and completions in conversational form, columns as kwargs."""
+    """Call a TRL reward function with GRPOTrainer's convention: prompts and completions as strings for
+    standard-format data (plain-text prompts) and as message lists for conversational data, completion_ids,
+    every dataset column under its own name, trainer_state, log_metric and log_extra."""
 
     @functools.wraps(fn)
     def wrapped(traces, ctx=None, **kwargs):  # kwargs: the recipe's rewards[].kwargs
-        columns: dict[str, list] = {"answer": [tr.answer for tr in traces], "task": [tr.task for tr in traces]}
-        for key in {k for tr in traces for k in tr.meta}:
-            columns.setdefault(key, [tr.meta.get(key) for tr in traces])
-        return fn(
-            prompts=[tr.prompt for tr in traces],
-            completions=[[{"role": "assistant", "content": tr.completion.text}] for tr in traces],
-            completion_ids=[tr.completion.token_ids for tr in traces],
-            **columns,
-            **kwargs,
-        )
+        ctx = ctx or RewardContext()
+        standard = all(tr.prompt_text is not None for tr in traces)
+        columns: dict[str, list] = {}
+        for key in dict.fromkeys(k for tr in traces for k in tr.columns):
+            columns[key] = [tr.columns.get(key) for tr in traces]
+        if "answer" not in columns:  # synthetic tasks: the reference under the project's own name
+            columns["answer"] = [tr.answer for tr in traces]
+
+        def log_extra(column: str, values: list) -> None:
+            for tr, v in zip(traces, values):
+                tr.meta[f"extra.{column}"] = v
+
+        def log_metric(name: str, value: float) -> None:
+            ctx.logged.setdefault(name, []).append(float(value))
+
+        call = {"prompts": [tr.prompt_text if standard else tr.prompt for tr in traces],
+                "completions": [tr.completion.text if standard else [{"role": "assistant", "content": tr.completion.text}]
+                                for tr in traces],
+                "completion_ids": [tr.completion.token_ids for tr in traces],
+                **columns, "trainer_state": TrainerState(ctx.step, ctx.max_steps), "log_extra": log_extra,
+                "log_metric": log_metric, **kwargs}
+        return fn(**_accepted(fn, call))
 
     return wrapped
 
 
-def resolve(name: str) -> Callable:
-    """A reward by registry name or `package.module:function` path."""
-    if name in REWARDS:
+def verl_adapter(fn: Callable) -> Callable:
+    """Call a verl-style `compute_score(data_source, solution_str, ground_truth, extra_info)` per completion
+    (a float, or a dict with a "score")."""
+
+    @functools.wraps(fn)
+    def wrapped(traces, ctx=None, **kwargs):
+        out = []
+        for tr in traces:
+            call = {"data_source": tr.columns.get("data_source", tr.task), "solution_str": tr.completion.text,
+                    "ground_truth": tr.answer, "extra_info": tr.columns.get("extra_info"), **kwargs}
+            value = fn(**_accepted(fn, call))
+            out.append(value["score"] if isinstance(value, dict) else value)
+        return out
+
+    return wrapped
+
+
+def resolve(name) -> Callable:
+    """A reward by registry name, `package.module:function` path, or a callable (Python API)."""
+    if callable(name):
+        fn = name
+    elif name in REWARDS:
         fn = REWARDS[name]
     elif ":" in name:
         module, _, attr = name.partition(":")
@@ -94,8 +149,11 @@ def resolve(name: str) -> Callable:
         near = difflib.get_close_matches(name, list(REWARDS), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(REWARDS)}; or use 'package.module:function')"
         raise UserError(f"unknown reward '{name}'{hint}")
-    if "completions" in inspect.signature(fn).parameters:
+    params = inspect.signature(fn).parameters
+    if "completions" in params:
         fn = trl_adapter(fn)
+    elif "solution_str" in params and "ground_truth" in params:
+        fn = verl_adapter(fn)
     return fn
 
 
@@ -114,7 +172,7 @@ def build_rewards(specs) -> list[BoundReward]:
             if unknown:
                 raise UserError(f"reward '{spec.fn}' has no argument '{unknown[0]}' (rewards[].kwargs)")
             fn = functools.partial(fn, **spec.kwargs)
-        name = spec.name or spec.fn
+        name = spec.name or (spec.fn if isinstance(spec.fn, str) else getattr(spec.fn, "__name__", "reward"))
         if name in names:
             raise UserError(f"reward name '{name}' is used twice; give one a distinct 'name'")
         names.add(name)
@@ -127,6 +185,8 @@ def score(traces, rewards: list[BoundReward], ctx: RewardContext) -> None:
     for r in rewards:
         try:
             values = r.fn(traces, ctx)
+            if inspect.isawaitable(values):  # an async reward (TRL allows them)
+                values = asyncio.run(values)
         except UserError:
             raise
         except Exception as e:
@@ -136,7 +196,9 @@ def score(traces, rewards: list[BoundReward], ctx: RewardContext) -> None:
             raise UserError(f"reward '{r.name}' returned {len(values)} values for {len(traces)} completions")
         for i, (tr, v) in enumerate(zip(traces, values)):
             if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
+                if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:  # numpy / torch scalars
+                    v = v.item()
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) or math.isinf(v):
                     raise UserError(f"reward '{r.name}' returned {v!r} for completion {i} (trace {tr.id}); "
                                     "expected a finite number or None")
                 v = float(v)

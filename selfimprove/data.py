@@ -15,7 +15,7 @@ import itertools
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ class Example:
     prompt: list[dict]  # chat messages
     answer: str | None
     task: str
+    columns: dict = field(default_factory=dict)  # the row's other columns by name (TRL rewards receive them)
+    prompt_text: str | None = None  # the prompt as given in standard (plain text) format; None: conversational
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,9 @@ def _messages(prompt, source: str, i: int, column: str) -> list[dict]:
     return [dict(m) for m in prompt]
 
 
+PLAIN = (str, int, float, bool, type(None), list, dict)  # columns kept on traces (JSON); images and bytes stay out
+
+
 def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> list[Example]:
     if not rows:
         raise UserError(f"data: {source} is empty")
@@ -191,8 +196,11 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
                 f"(columns: {', '.join(map(str, row))}); set data.answer_column (null for prompts without answers)"
             )
         answer = row.get(cfg.answer_column) if cfg.answer_column else None
+        prompt = row[cfg.prompt_column]
         out.append(Example(id=str(row.get("id", f"{task}-{i}")), prompt=msgs,
-                           answer=None if answer is None else str(answer), task=str(row.get("task", task))))
+                           answer=None if answer is None else str(answer), task=str(row.get("task", task)),
+                           columns={k: v for k, v in row.items() if k != cfg.prompt_column and isinstance(v, PLAIN)},
+                           prompt_text=prompt if isinstance(prompt, str) else None))
     return out
 
 

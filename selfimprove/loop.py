@@ -14,6 +14,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reward import RewardContext, score
@@ -58,11 +59,14 @@ def sample_step(state: State, step: int):
                           version=step, seeds=seeds)
 
 
-def score_everywhere(state: State, traces, step: int) -> None:
-    """Score; if a reward fails on any process, every process stops with an error (none waits forever)."""
+def score_everywhere(state: State, traces, step: int, logged: dict | None = None) -> None:
+    """Score; if a reward fails on any process, every process stops with an error (none waits forever).
+    `logged` collects what TRL-style rewards pass to log_metric."""
     error = None
     try:
-        score(traces, state.rewards, RewardContext(state.tokenizer, state.engine, step))
+        ctx = RewardContext(state.tokenizer, state.engine, step, state.recipe.train.steps,
+                            logged if logged is not None else {})
+        score(traces, state.rewards, ctx)
     except UserError as e:
         error = UserError(f"step {step + 1}: {e}")
     if any_process(state.accelerator, error is not None) and error is None:
@@ -172,11 +176,11 @@ def run_eval(state: State, tag: str) -> float:
 def train_step(state: State, step: int) -> tuple[dict, list]:
     """One rollout step; returns (metrics, traces)."""
     recipe, algo = state.recipe, state.algo
-    t0 = time.perf_counter()
+    t0, logged = time.perf_counter(), {}
     with engine_weights(state):
         traces = sample_step(state, step)
         t1 = time.perf_counter()
-        score_everywhere(state, traces, step)
+        score_everywhere(state, traces, step, logged)
         t2 = time.perf_counter()
         if algo.instruction is not None:  # two-turn methods: attempt 2 after the instruction, scored again
             rollout.add_second_attempt(state.engine, state.tokenizer, traces, algo.instruction(recipe.algorithm),
@@ -198,11 +202,23 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
     state.engine.load_weights()  # the HF engine shares the model; vLLM engines receive the new weights
     t5 = time.perf_counter()
     row = step_metrics(state, step, traces, train_traces, stats)
+    row.update(logged_means(state.accelerator, logged))
     row.update({"time/generate": t1 - t0, "time/reward": t2 - t1, "time/logprob": t3 - t2, "time/update": t4 - t3,
                 "time/weight_sync": t5 - t4, "time/step": t5 - t0,
                 "tokens_per_s": row.pop("gen_tokens") / max(t5 - t0, 1e-9)})
     row.update(stats)
     return row, traces
+
+
+def logged_means(acc, logged: dict) -> dict:
+    """The mean of every value TRL-style rewards logged with log_metric this step, over all processes."""
+    if acc.num_processes > 1:  # each process may log other names: gather the dicts, not a fixed vector
+        merged: dict = {}
+        for part in gather_object([logged]):
+            for name, values in part.items():
+                merged.setdefault(name, []).extend(values)
+        logged = merged
+    return {name: sum(v) / len(v) for name, v in logged.items() if v}
 
 
 def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> dict:

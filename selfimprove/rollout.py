@@ -56,7 +56,7 @@ def make_traces(examples: list[Example], prompt_ids, samples, tokenizer, tag: st
                 turns=[Turn("user", prompt_text, list(p_ids)),
                        Turn("assistant", tokenizer.decode(s.token_ids, skip_special_tokens=True), s.token_ids,
                             s.logprobs, trainable=True, finish_reason=s.finish_reason)],
-                policy_version=version,
+                policy_version=version, columns=ex.columns, prompt_text=ex.prompt_text,
             ))
     return traces
 

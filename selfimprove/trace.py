@@ -41,6 +41,8 @@ class Trace:
     advantage: float | None = None  # set by the algorithm's prepare()
     policy_version: int = 0  # optimizer steps of the weights that sampled it
     meta: dict = field(default_factory=dict)  # plain JSON values, e.g. {"nft.correct_rate": 0.25}
+    columns: dict = field(default_factory=dict)  # the dataset row's other columns, by name (TRL-style rewards)
+    prompt_text: str | None = None  # the prompt as given in standard (plain text) format; None: conversational
 
     @property
     def attempts(self) -> list[Turn]:
