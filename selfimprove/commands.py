@@ -18,10 +18,12 @@ import torch
 
 from reward import RewardContext, build_rewards
 from reward import selfj as sj
+from selfimprove.algorithms import get_algorithm
 from selfimprove.cct import build_cct
 from selfimprove.config import (
     DataConfig,
     EvalConfig,
+    Recipe,
     RewardSpec,
     check_ranges,
     check_seed,
@@ -35,7 +37,7 @@ from selfimprove.errors import UserError
 from selfimprove.evaluation import best_of_n, evaluate, evaluate_two_turn, load_outcomes
 from selfimprove.evaluation.report import metrics_table, plot_self_correction
 from selfimprove.loop import run
-from selfimprove.options import opt
+from selfimprove.options import commented_yaml, opt
 from selfimprove.policy import context_length, load_model, load_tokenizer, resolve_model_path
 from selfimprove.programs import get_program
 from selfimprove.recipe import load_recipe
@@ -411,6 +413,24 @@ def cmd_tiny(o: TinyOptions, overrides: list[str]) -> int:
     return 0
 
 
+@dataclass
+class ConfigOptions:
+    algorithm: str = opt("nft", "an on-policy algorithm (nft, grpo, rft, score, ssr) or a program (selfj, "
+                         "reward_model)", positional=True)
+
+
+def cmd_config(o: ConfigOptions, overrides: list[str]) -> int:
+    """A complete recipe of `algorithm` with every key at its default and described in a comment."""
+    program = get_program(o.algorithm)
+    if program is not None:
+        recipe = program.Recipe()
+    else:
+        recipe = Recipe(algorithm=get_algorithm(o.algorithm).Config())
+    print(f"# selfimprove train THIS.yaml: every key of a {o.algorithm} recipe at its default (data.train is required)")
+    print("\n".join(commented_yaml(recipe)))
+    return 0
+
+
 # name -> (options, function, one-line description)
 COMMANDS = {
     "train": (TrainOptions, cmd_train, "train with a recipe (on-policy RL, or judge / reward-model training)"),
@@ -420,4 +440,5 @@ COMMANDS = {
     "sft": (SFTOptions, cmd_sft, "fine-tune on prompt-completion JSONL (CCT data) with TRL's SFTTrainer"),
     "judge": (JudgeOptions, cmd_judge, "score (question, answer[, reference]) JSONL rows with a Self-J judge"),
     "tiny": (TinyOptions, cmd_tiny, "build (or locate) the embedded tiny model"),
+    "config": (ConfigOptions, cmd_config, "print a complete default recipe of an algorithm or program, with comments"),
 }

@@ -55,6 +55,20 @@ def plain(value):
 # --------------------------------------------------------------------------- binding
 
 
+# GRPOConfig's names for the common options, and where each lives in a recipe (an unknown key that is one of
+# these gets this hint instead of the nearest spelling, e.g. num_generations -> generation.n, not max_new_tokens)
+TRL_NAMES = {
+    "num_generations": "generation.n", "learning_rate": "train.lr", "beta": "algorithm.kl_coef",
+    "max_completion_length": "generation.max_new_tokens", "max_prompt_length": "data.max_prompt_tokens",
+    "max_steps": "train.steps", "per_device_train_batch_size": "train.micro_batch_size",
+    "lr_scheduler_type": "train.lr_schedule", "epsilon": "algorithm.clip_low", "epsilon_high": "algorithm.clip_high",
+    "logging_steps": "log.every", "save_steps": "log.save_every", "output_dir": "log.out",
+    "save_total_limit": "log.keep_last", "model_name_or_path": "model.path", "dataset_name": "data.train",
+    "temperature": "generation.temperature", "top_p": "generation.top_p", "use_peft": "model.lora_r",
+    "lora_r": "model.lora_r", "gradient_checkpointing": "model.gradient_checkpointing",
+}
+
+
 def closest(key: str, options) -> str:
     near = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5) or sorted(
         (o for o in options if key.startswith(o) or o.startswith(key)), key=len, reverse=True)
@@ -145,7 +159,10 @@ def bind(cls, raw, where: str = ""):
     for key, value in raw.items():
         full = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise UserError(f"unknown key '{full}'{closest(str(key), names)}")
+            section, _, name = TRL_NAMES.get(key, "").partition(".")
+            trl = key in TRL_NAMES and (section != where or name in names)  # e.g. score has no kl_coef
+            hint = f"; TRL's {key} is '{TRL_NAMES[key]}' here" if trl else closest(str(key), names)
+            raise UserError(f"unknown key '{full}'{hint}")
         kwargs[key] = coerce(value, hints[key], full)
     try:
         return cls(**kwargs)
@@ -234,6 +251,28 @@ def dump_yaml(obj, path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------- help
+
+
+def commented_yaml(obj, indent: str = "") -> list[str]:
+    """A dataclass instance as YAML lines, each key with its description as a comment (`selfimprove config`)."""
+    lines = []
+    for f in dataclasses.fields(obj):
+        if not f.init or f.name == "source":
+            continue
+        value, text = getattr(obj, f.name), f.metadata.get("help", "")
+        comment = f"  # {text}" if text else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:{comment}")
+            lines.extend(commented_yaml(value, indent + "  "))
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(f"{indent}{f.name}:{comment}")
+            for item in value:
+                inner = yaml.safe_dump(to_plain(item), default_flow_style=True, width=10**6).strip()
+                lines.append(f"{indent}  - {inner}")
+        else:
+            shown = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+            lines.append(f"{indent}{f.name}: {shown}{comment}")
+    return lines
 
 
 def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
