@@ -190,18 +190,30 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
         msgs = _messages(row[cfg.prompt_column], source, i + 1, cfg.prompt_column)
         if cfg.system_prompt and msgs[0].get("role") != "system":
             msgs = [{"role": "system", "content": cfg.system_prompt}] + msgs
-        if cfg.answer_column and cfg.answer_column not in row:
-            raise UserError(
-                f"data: {source} row {i + 1} has no answer column '{cfg.answer_column}' "
-                f"(columns: {', '.join(map(str, row))}); set data.answer_column (null for prompts without answers)"
-            )
-        answer = row.get(cfg.answer_column) if cfg.answer_column else None
+        answer = _answer(row, cfg.answer_column, source, i + 1) if cfg.answer_column else None
         prompt = row[cfg.prompt_column]
         out.append(Example(id=str(row.get("id", f"{task}-{i}")), prompt=msgs,
                            answer=None if answer is None else str(answer), task=str(row.get("task", task)),
                            columns={k: v for k, v in row.items() if k != cfg.prompt_column and isinstance(v, PLAIN)},
                            prompt_text=prompt if isinstance(prompt, str) else None))
     return out
+
+
+def _answer(row: dict, column: str, source: str, i: int):
+    """The reference answer: a column, or a dotted path into nested fields (verl's `reward_model.ground_truth`).
+    It must be a scalar: a mapping or list printed as text would make every reward silently 0."""
+    value, path = row, column.split(".") if column not in row else [column]
+    for k, key in enumerate(path):
+        if not isinstance(value, dict) or key not in value:
+            where = ".".join(path[:k]) or "the row"
+            keys = ", ".join(map(str, value)) if isinstance(value, dict) else type(value).__name__
+            raise UserError(f"data: {source} row {i} has no answer column '{column}' ({where} has: {keys}); set "
+                            "data.answer_column (a column or a dotted path; null for prompts without answers)")
+        value = value[key]
+    if isinstance(value, (dict, list)):
+        raise UserError(f"data: {source} row {i}: data.answer_column '{column}' holds a {type(value).__name__}, not a "
+                        f"single answer; name the field inside it (e.g. '{column}.ground_truth')")
+    return value
 
 
 def _fill_template(template: str, row: dict, source: str, i: int) -> str:

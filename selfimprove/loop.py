@@ -10,6 +10,7 @@ any number of processes and micro-batches gives the gradient of one batch.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 
@@ -227,23 +228,41 @@ def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> 
     local = {"reward": sum(tr.reward for tr in traces), "n": len(traces), "gen_tokens": gen_tokens,
              "loss": stats.pop("loss"), "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces),
              "judge_parse_failures": sum(bool(tr.meta.get("judge.parse_failed")) for tr in traces)}
+    lengths = [len(tr.completion.token_ids) for tr in traces]
+    local["reward_sq"] = sum(tr.reward * tr.reward for tr in traces)  # inf, not OverflowError, for a huge reward
+    local["truncated"] = sum(tr.completion.finish_reason == "length" for tr in traces)
     for r in state.rewards:
         vals = [tr.rewards[r.name] for tr in traces if tr.rewards.get(r.name) is not None]
         local[f"reward/{r.name}"] = sum(vals)
+        local[f"sq/{r.name}"] = sum(v * v for v in vals)
         local[f"count/{r.name}"] = len(vals)
     keys = sorted(local)
     tot = dict(zip(keys, global_sums(state.accelerator, [local[k] for k in keys])))
-    row = {"step": step + 1, "reward": tot["reward"] / max(tot["n"], 1)}
+    # the longest and (negated) shortest completion over every process, in one reduction
+    longest, neg_shortest = state.accelerator.reduce(torch.tensor([max(lengths, default=0), -min(lengths, default=0)],
+                                                                  device=state.accelerator.device), "max").tolist()
+    n = max(tot["n"], 1)
+    row = {"step": step + 1, "reward": tot["reward"] / n, "reward_std": _std(tot["reward_sq"], tot["reward"], n)}
     for r in state.rewards:
         count = tot[f"count/{r.name}"]  # null when the reward applied to no trace (e.g. chrF without references)
         row[f"rewards/{r.name}"] = tot[f"reward/{r.name}"] / count if count else None
+        row[f"rewards/{r.name}/std"] = _std(tot[f"sq/{r.name}"], tot[f"reward/{r.name}"], count) if count else None
     row.update({
         "loss": tot["loss"], "grad_norm": stats.pop("grad_norm"), "lr": state.scheduler.get_last_lr()[0],
         "frac_all_equal": tot["frac_all_equal"] / state.accelerator.num_processes, "samples": int(tot["n"]),
         "trained_samples": int(tot["n_train"]), "judge/parse_failures": int(tot["judge_parse_failures"]),
         "completion_len": tot["gen_tokens"] / max(tot["n"], 1), "gen_tokens": tot["gen_tokens"],
+        "completion_len/min": int(-neg_shortest), "completion_len/max": int(longest),
+        "truncated_share": tot["truncated"] / n,  # completions cut at max_new_tokens (no EOS)
     })
     return row
+
+
+def _std(sum_sq: float, total: float, n: float) -> float | None:
+    """Population standard deviation from a sum of squares and a sum (over every process); None when a
+    reward was too large for it to be finite."""
+    var = sum_sq / n - (total / n) * (total / n)
+    return math.sqrt(max(var, 0.0)) if math.isfinite(var) else None
 
 
 def run(recipe, log=print) -> dict:
@@ -273,7 +292,8 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
         if acc.is_main_process:
             log(f"held-out accuracy before training: {summary['accuracy_before']:.1%} (n={len(state.eval_examples)})")
 
-    progress = _progress(acc.is_main_process and l_cfg.progress)
+    # a bar on a terminal; under nohup or SLURM (stdout not a terminal) a plain line every log.every steps
+    progress = _progress(acc.is_main_process and l_cfg.progress and sys.stdout.isatty())
     t_start, steps_done = time.perf_counter(), start
     with progress or nullcontext():
         task = progress.add_task("training", total=t_cfg.steps, completed=start) if progress else None
@@ -299,6 +319,8 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
                 save(state, steps_done, elapsed)
             if progress:
                 progress.update(task, advance=1, description=f"reward {row['reward']:.3f}")
+            elif acc.is_main_process and l_cfg.progress and steps_done % l_cfg.every == 0:
+                log(progress_line(row, t_cfg, elapsed - state.elapsed, steps_done - start))
             if t_cfg.max_seconds and elapsed >= t_cfg.max_seconds:
                 break
     if any_process(acc, interrupts.received is not None):  # a signal during the last step or the evaluation
@@ -336,6 +358,16 @@ def _watch_rewards(state: State, row: dict, log) -> None:
         if idle == 3 and state.accelerator.is_main_process:
             log(f"warning: reward '{r.name}' applied to no trace (returned None) for 3 steps running, up to step "
                 f"{row['step']}: check its inputs (e.g. data.answer_column)")
+
+
+def progress_line(row: dict, t, seconds: float, steps: int) -> str:
+    """One plain progress line: step, reward, loss, seconds per step and the time left (steps or budget)."""
+    per_step = seconds / max(steps, 1)
+    left = (t.steps - row["step"]) * per_step
+    if t.max_seconds:
+        left = min(left, max(t.max_seconds - row["time/elapsed"], 0.0))
+    return (f"step {row['step']}/{t.steps}  reward {row['reward']:.3f}  loss {row['loss']:.4g}  "
+            f"{per_step:.2f} s/step  ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}")
 
 
 def _progress(enabled: bool):

@@ -2,6 +2,8 @@ import csv
 import json
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from selfimprove.config import DataConfig
@@ -78,3 +80,19 @@ def test_prompt_template_builds_prompts_from_columns(tmp_path):
 def test_task_names_are_exact():
     assert get_task("arith").name == "arith" and get_task("arith:heldout").name == "arith"
     assert get_task("arith:train") is None and get_task("arithmetic") is None and get_task("d.jsonl") is None
+
+
+def test_a_nested_answer_by_dotted_path_and_a_non_scalar_answer_is_one_line(tmp_path):
+    """verl's Parquet: the reference sits in reward_model.ground_truth."""
+    rows = [{"prompt": [{"role": "user", "content": "1+1="}], "data_source": "arith",
+             "reward_model": {"style": "rule", "ground_truth": "2"}, "extra_info": {"index": 0}}]
+    path = tmp_path / "verl.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    examples = load_examples(str(path), DataConfig(answer_column="reward_model.ground_truth"), "train")
+    assert examples[0].answer == "2" and examples[0].columns["data_source"] == "arith"
+    with pytest.raises(UserError, match=r"'reward_model' holds a dict, not a single answer; name the field inside "
+                                        r"it \(e.g. 'reward_model.ground_truth'\)"):
+        load_examples(str(path), DataConfig(answer_column="reward_model"), "train")
+    with pytest.raises(UserError, match=r"row 1 has no answer column 'reward_model.truth' \(reward_model has: style, "
+                                        r"ground_truth\)"):
+        load_examples(str(path), DataConfig(answer_column="reward_model.truth"), "train")

@@ -1,4 +1,5 @@
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from selfimprove import loop
 from selfimprove.algorithms import Algorithm
 from selfimprove.batch import collate, token_logprobs
+from selfimprove.cli import main
 from selfimprove.config import RewardSpec
 from selfimprove.errors import UserError
 from selfimprove.logprobs import reference_logprobs
@@ -129,3 +131,27 @@ def test_an_algorithm_config_must_carry_the_aggregation_fields():
 
     with pytest.raises(UserError, match=r"its Config lacks \['loss_agg', 'loss_constant'\]"):
         Algorithm(name="bare", Config=Bare, prepare=lambda t, c: t, loss=lambda b, lp, c: (lp, {}))
+
+
+def test_without_a_terminal_progress_is_a_plain_line_every_log_every_steps(write_recipe, capsys):
+    """nohup / SLURM: stdout is not a terminal (as under pytest), so no bar: one line per log.every steps."""
+    recipe = write_recipe(train={"steps": 4, "prompts_per_step": 4, "micro_batch_size": 8},
+                          log={"every": 2, "progress": True})
+    assert main(["train", str(recipe)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == ["2/4", "4/4"]
+    assert all(re.fullmatch(r"step \d/4  reward -?[\d.]+  loss \S+  [\d.]+ s/step  ETA \d+:\d\d:\d\d", x) for x in lines)
+
+
+def test_metrics_hold_reward_spread_truncation_and_length_range(write_recipe, tmp_path):
+    recipe = write_recipe(train={"steps": 1, "prompts_per_step": 4, "micro_batch_size": 8},
+                          generation={"n": 4, "max_new_tokens": 2}, log={"traces_every": 1, "traces_per_step": 64})
+    assert main(["train", str(recipe)]) == 0
+    row = json.loads((tmp_path / "runs/run/metrics.jsonl").read_text().splitlines()[0])
+    traces = [json.loads(x) for x in (tmp_path / "runs/run/traces.jsonl").read_text().splitlines()]
+    rewards = torch.tensor([t["reward"] for t in traces], dtype=torch.float64)
+    lengths = [len(t["turns"][-1]["token_ids"]) for t in traces]
+    assert len(traces) == 16 and row["reward_std"] == pytest.approx(rewards.std(unbiased=False).item())
+    assert (row["completion_len/min"], row["completion_len/max"]) == (min(lengths), max(lengths))
+    assert row["truncated_share"] == sum(t["turns"][-1]["finish_reason"] == "length" for t in traces) / 16
+    assert row["rewards/math_correct/std"] is not None
