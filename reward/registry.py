@@ -71,18 +71,21 @@ class TrainerState:
     max_steps: int
 
 
-def _accepted(fn: Callable, kwargs: dict) -> dict:
-    """TRL calls every reward with every column; a function without **kwargs gets only what it names."""
+def _accepted(fn: Callable) -> Callable[[dict], dict]:
+    """TRL calls every reward with every column; a function without **kwargs gets only what it names. The
+    signature is read once here, not at every call (rewards run every step)."""
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
+        return lambda kwargs: kwargs
+    return lambda kwargs: {k: v for k, v in kwargs.items() if k in params}
 
 
 def trl_adapter(fn: Callable) -> Callable:
     """Call a TRL reward function with GRPOTrainer's convention: prompts and completions as strings for
     standard-format data (plain-text prompts) and as message lists for conversational data, completion_ids,
     every dataset column under its own name, trainer_state, log_metric and log_extra."""
+
+    take = _accepted(fn)
 
     @functools.wraps(fn)
     def wrapped(traces, ctx=None, **kwargs):  # kwargs: the recipe's rewards[].kwargs
@@ -107,7 +110,7 @@ def trl_adapter(fn: Callable) -> Callable:
                 "completion_ids": [tr.completion.token_ids for tr in traces],
                 **columns, "trainer_state": TrainerState(ctx.step, ctx.max_steps), "log_extra": log_extra,
                 "log_metric": log_metric, **kwargs}
-        return fn(**_accepted(fn, call))
+        return fn(**take(call))
 
     return wrapped
 
@@ -116,13 +119,15 @@ def verl_adapter(fn: Callable) -> Callable:
     """Call a verl-style `compute_score(data_source, solution_str, ground_truth, extra_info)` per completion
     (a float, or a dict with a "score")."""
 
+    take = _accepted(fn)
+
     @functools.wraps(fn)
     def wrapped(traces, ctx=None, **kwargs):
         out = []
         for tr in traces:
             call = {"data_source": tr.columns.get("data_source", tr.task), "solution_str": tr.completion.text,
                     "ground_truth": tr.answer, "extra_info": tr.columns.get("extra_info"), **kwargs}
-            value = fn(**_accepted(fn, call))
+            value = fn(**take(call))
             out.append(value["score"] if isinstance(value, dict) else value)
         return out
 
