@@ -30,7 +30,7 @@ from selfimprove.config import (
     check_temperature,
     check_threads,
 )
-from selfimprove.data import check_lengths, jsonl_objects, load_examples, read_rows, require_answers
+from selfimprove.data import chat_config, check_lengths, jsonl_objects, load_examples, read_rows, require_answers
 from selfimprove.distributed import set_threads
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
@@ -93,12 +93,13 @@ class EvalOptions:
 def _generation_inputs(o, rewards_specs: list[RewardSpec], turns: int = 1):
     """(examples, bound rewards, tokenizer, hf engine) for the sampling subcommands (eval, cct); every
     input is checked before sampling starts: data, rewards, model, and prompt + answers within the context."""
-    data_cfg = DataConfig(prompt_column=o.prompt_column, answer_column=o.answer_column, task_options=o.task_options)
+    data_cfg = chat_config(DataConfig(prompt_column=o.prompt_column, answer_column=o.answer_column,
+                                      task_options=o.task_options), turns == 2)
     examples = load_examples(o.data, data_cfg, o.split, n_train=o.n, seed=o.seed)[: o.n]
     require_answers(examples, o.data, o.answer_column)
     rewards = build_rewards(rewards_specs)
     path = resolve_model_path(o.model)
-    tokenizer, model = load_tokenizer(path), load_model(path)
+    tokenizer, model = load_tokenizer(path, chat_template=False), load_model(path)
     extra = second_turn_tokens(tokenizer, examples, o.instruction) + o.max_new_tokens if turns == 2 else 0
     check_lengths(tokenizer, context_length(model), 10**9,
                   [(examples, o.max_new_tokens, "--max-new-tokens", extra)])

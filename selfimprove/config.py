@@ -30,16 +30,25 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = opt("", "a .jsonl/.json/.csv/.parquet file, a saved datasets folder, hf:NAME, or a synthetic "
-                     "task (arith, translate)")
+    train: str = opt("", "a .jsonl/.json/.csv/.parquet file or glob, a folder (a Hub dataset snapshot or a "
+                     "save_to_disk folder), hf:NAME, or a synthetic task (arith, translate)")
     eval: str | None = opt(None, "held-out prompts (same forms); null: the synthetic task's held-out split")
-    train_split: str = opt("train", "split name for hf: and saved datasets")
+    train_split: str = opt("train", "split name of data.train (hf:, Hub snapshot folders, saved datasets)")
+    config: str | None = opt(None, "dataset configuration (subset) of hf: sources and Hub snapshot folders, e.g. "
+                             "GSM8K's main")
+    revision: str | None = opt(None, "hf: sources: the dataset revision (branch, tag or commit)")
     eval_split: str = opt("test", "split name of data.eval")
     prompt_column: str = opt("prompt", "column with the prompt: text or a list of chat messages")
     prompt_template: str | None = opt(None, "build the user message from the row's columns, e.g. "
                                       "'Translate to {lang}: {source}' (prompt_column unused)")
-    answer_column: str | None = opt("answer", "column with the reference answer; null: prompts without answers")
+    answer_column: str | None = opt("answer", "column with the reference answer, or a dotted path into nested "
+                                    "fields (verl: reward_model.ground_truth); null: prompts without answers")
     system_prompt: str | None = opt(None, "a system message put before every prompt")
+    apply_chat_template: bool | str = opt("auto", "auto: chat messages through the chat template, plain-text prompts as "
+                                   "they are (TRL's standard format) | true: text becomes a user message | false: "
+                                   "text prompts only, never templated")
+    chat_template: str | None = opt(None, "a Jinja chat template (text, or a .jinja file) instead of the tokenizer's")
+    chat_template_kwargs: dict = opt({}, "extra variables for the chat template, e.g. {enable_thinking: false}")
     max_prompt_tokens: int = opt(512, "a longer prompt is an error, not a silent truncation")
     task_options: dict = opt({}, "options of a synthetic task (arith: ops, min_operand, max_operand, ...)")
 
@@ -204,7 +213,16 @@ def check_model(m: ModelConfig) -> None:
 
 
 def check_data(d: DataConfig) -> None:
-    _first([(bool(d.train), "data.train is required: a data file, a datasets folder, hf:NAME or a synthetic task")])
+    if isinstance(d.apply_chat_template, bool):  # YAML's true/false
+        d.apply_chat_template = str(d.apply_chat_template).lower()
+    _first([
+        (d.train is not None and (not isinstance(d.train, str) or bool(d.train)),
+         "data.train is required: a data file, a datasets folder, hf:NAME or a synthetic task"),
+        (d.apply_chat_template in ("auto", "true", "false"),
+         f"data.apply_chat_template must be auto, true or false, got {d.apply_chat_template!r}"),
+        (not (d.apply_chat_template == "false" and d.system_prompt),
+         "data.system_prompt needs the chat template; it cannot be used with data.apply_chat_template=false"),
+    ])
     check_ranges(d, "data.", {"max_prompt_tokens": ">=1"})
 
 

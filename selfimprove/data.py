@@ -10,12 +10,13 @@ made by code, an endless training stream and a fixed held-out split, its knobs b
 from __future__ import annotations
 
 import csv
+import glob
 import importlib
 import itertools
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,8 @@ class Example:
     task: str
     columns: dict = field(default_factory=dict)  # the row's other columns by name (TRL rewards receive them)
     prompt_text: str | None = None  # the prompt as given in standard (plain text) format; None: conversational
+    raw: bool = False  # prompt_text goes to the model as it is (no chat template; TRL's standard format)
+    chat_kwargs: dict = field(default_factory=dict)  # data.chat_template_kwargs
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class Prompts:
 
 def get_task(source: str) -> Task | None:
     """The synthetic task named by `source` ("arith", "arith:heldout"), or None for files and datasets."""
-    name = source.removesuffix(":heldout")
+    name = source.removesuffix(":heldout") if isinstance(source, str) else None
     if name not in TASKS:
         return None
     return importlib.import_module(TASKS[name]).TASK
@@ -91,44 +94,96 @@ def task_options(task: Task, raw: dict):
 # --------------------------------------------------------------------------- files and datasets
 
 
-def read_rows(source: str, split: str) -> list[dict]:
-    """Rows of a data file, a saved datasets folder or (online) a hub dataset `hf:NAME`; every way a file
-    can be unreadable (missing, not UTF-8, torn JSON, a corrupt Parquet file, a folder that is not a saved
-    dataset, rows that are not objects) is one line naming the file (and the row)."""
-    if source.startswith("hf:"):
-        name = source[3:]
-        try:
-            return list(datasets.load_dataset(name, split=split))
-        except Exception as e:  # offline, or no such dataset: one line, not a traceback
-            raise UserError(f"data: cannot load Hugging Face dataset '{name}' split '{split}': "
-                            f"{' '.join(str(e).split())[:200]}") from None
-    path = Path(source)
-    if not path.exists():
-        raise UserError(f"data: file not found: {source}")
-    try:
-        rows = _read(path, split)
-    except UnicodeDecodeError as e:
-        raise UserError(f"data: {source} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"data: cannot read {source}: {e.strerror or e}") from None
+GLOB = set("*?[")
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def read_rows(source, split: str, config: str | None = None, revision: str | None = None) -> list[dict]:
+    """Rows of a source, every one through `datasets`: a file or a glob of files (json/jsonl/csv/parquet), a
+    folder (a Hub dataset snapshot, read like the Hub reads it, or a save_to_disk folder), `hf:NAME` (the Hub,
+    or its local cache offline), or a `datasets.Dataset` given in Python. Every way a source can be unreadable
+    is one line naming it (and the row)."""
+    datasets.disable_progress_bars()  # "Generating train split" bars for every small file: noise in a run's log
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        ds = _pick_split(source, "the given dataset", split)
+        rows, source = list(ds), "the given dataset"
+    elif source.startswith("hf:"):
+        rows = _load(source[3:], split, f"Hugging Face dataset '{source[3:]}'", name=config, revision=revision)
+    elif GLOB & set(source):
+        files = sorted(glob.glob(source, recursive=True))
+        if not files:
+            raise UserError(f"data: no file matches {source}")
+        suffixes = {Path(f).suffix.lower() for f in files}
+        if len(suffixes) > 1 or not suffixes <= set(BUILDERS):
+            raise UserError(f"data: {source} matches files of types {', '.join(sorted(suffixes))}; one of "
+                            f"{', '.join(BUILDERS)} is needed")
+        rows = _load(BUILDERS[suffixes.pop()], "train", source, data_files=files)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise UserError(f"data: file not found: {source}")
+        rows = _read_path(path, split, config)
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise UserError(f"data: {source} row {i} is not an object with named fields (got {type(row).__name__})")
     return rows
 
 
-def _read(path: Path, split: str) -> list:
-    source, suffix = str(path), path.suffix.lower()
+def _load(path: str, split: str, what: str, **kwargs) -> list[dict]:
+    """`datasets.load_dataset`, its failure as one line (offline, no such dataset/config/split, bad files)."""
+    try:
+        return list(datasets.load_dataset(path, split=split, **kwargs))
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises FileNotFoundError, ValueError, DatasetGenerationError, ...
+        raise UserError(f"data: cannot load {what} split '{split}': {' '.join(str(e).split())[:240]}") from None
+
+
+def _pick_split(ds, source: str, split: str):
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise UserError(f"data: {source} has no split '{split}' (splits: {', '.join(ds)})")
+        return ds[split]
+    return ds
+
+
+def _read_path(path: Path, split: str, config: str | None) -> list:
+    source = str(path)
     if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(source)
-        except Exception:  # not a save_to_disk folder (datasets raises FileNotFoundError and others)
-            raise UserError(f"data: {source} is a folder but not a saved dataset (datasets' save_to_disk)") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise UserError(f"data: {source} has no split '{split}' (splits: {', '.join(ds)})")
-            ds = ds[split]
-        return list(ds)
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():  # datasets' save_to_disk
+            try:
+                ds = datasets.load_from_disk(source)
+            except Exception as e:
+                raise UserError(f"data: {source} is not a readable saved dataset ({' '.join(str(e).split())[:160]})") \
+                    from None
+            return list(_pick_split(ds, source, split))
+        if not any(p.suffix.lower() in BUILDERS for p in path.rglob("*") if p.is_file()):
+            raise UserError(f"data: {source} is a folder but neither a saved dataset (datasets' save_to_disk) nor a "
+                            "dataset snapshot (no .jsonl/.json/.csv/.parquet files in it)")
+        return _load(source, split, source, name=config)  # a Hub snapshot: splits and configs as the Hub reads them
+    suffix = path.suffix.lower()
+    if suffix not in BUILDERS:
+        raise UserError(f"data: unsupported file type '{suffix}' for {source} (jsonl, json, csv, parquet, a folder)")
+    try:
+        rows = list(datasets.load_dataset(BUILDERS[suffix], data_files=source, split="train"))
+    except Exception:  # noqa: BLE001 - read again below for a message naming the line
+        # datasets' Arrow reader fails on torn lines, non-object rows, or a column whose rows differ in type;
+        # the plain reader names the line of the first two, and reads the third as it is
+        return _read_plain(path)
+    return rows if rows or suffix == ".parquet" else _read_plain(path)
+
+
+def _read_plain(path: Path) -> list:
+    source, suffix = str(path), path.suffix.lower()
+    try:
+        return _plain_rows(path, source, suffix)
+    except UnicodeDecodeError as e:
+        raise UserError(f"data: {source} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"data: cannot read {source}: {e.strerror or e}") from None
+
+
+def _plain_rows(path: Path, source: str, suffix: str) -> list:
     if suffix in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8")
         if suffix == ".json" and text.lstrip().startswith("["):
@@ -150,12 +205,10 @@ def _read(path: Path, split: str) -> list:
                 return list(csv.DictReader(f))
             except csv.Error as e:
                 raise UserError(f"data: {source} is not valid CSV ({e})") from None
-    if suffix == ".parquet":
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pa.ArrowException, OSError) as e:
-            raise UserError(f"data: {source} is not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
-    raise UserError(f"data: unsupported file type '{suffix}' for {source} (jsonl, json, csv, parquet, a datasets folder)")
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"data: {source} is not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
 
 
 def _messages(prompt, source: str, i: int, column: str) -> list[dict]:
@@ -195,8 +248,21 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
         out.append(Example(id=str(row.get("id", f"{task}-{i}")), prompt=msgs,
                            answer=None if answer is None else str(answer), task=str(row.get("task", task)),
                            columns={k: v for k, v in row.items() if k != cfg.prompt_column and isinstance(v, PLAIN)},
-                           prompt_text=prompt if isinstance(prompt, str) else None))
+                           prompt_text=prompt if isinstance(prompt, str) else None,
+                           raw=_raw(cfg, prompt, source, i + 1), chat_kwargs=dict(cfg.chat_template_kwargs)))
     return out
+
+
+def _raw(cfg, prompt, source: str, i: int) -> bool:
+    """Whether a prompt goes to the model as plain text. auto (TRL's rule): text prompts are used as they are,
+    chat messages go through the chat template; a prompt built by data.prompt_template or given a
+    data.system_prompt is a user message, so it is templated."""
+    mode = cfg.apply_chat_template
+    if mode == "false" and not isinstance(prompt, str):
+        raise UserError(f"data: {source} row {i}: '{cfg.prompt_column}' holds chat messages, which need the chat "
+                        "template (data.apply_chat_template=false takes text prompts only)")
+    return mode == "false" or (mode == "auto" and isinstance(prompt, str) and not cfg.prompt_template
+                               and not cfg.system_prompt)
 
 
 def _answer(row: dict, column: str, source: str, i: int):
@@ -217,6 +283,8 @@ def _answer(row: dict, column: str, source: str, i: int):
 
 
 def _fill_template(template: str, row: dict, source: str, i: int) -> str:
+    # datasets gives a row missing a column that other rows have as None: that column is missing here too
+    row = {k: v for k, v in row.items() if v is not None}
     try:
         return template.format(**row)
     except KeyError as e:
@@ -260,7 +328,9 @@ def training_prompts(source: str, cfg, split: str, seed: int, n: int) -> Prompts
     shuffled once with `seed` and cycled (`n`: the prompts a task without a stream makes up front)."""
     task = get_task(source)
     if task is not None and task.stream is not None and split == "train" and not source.endswith(":heldout"):
-        return Prompts(stream=task.stream(task_options(task, cfg.task_options), seed, cfg.system_prompt))
+        kwargs = dict(_task_cfg(cfg, source).chat_template_kwargs)
+        stream = task.stream(task_options(task, cfg.task_options), seed, cfg.system_prompt)
+        return Prompts(stream=(replace(ex, chat_kwargs=kwargs) for ex in stream) if kwargs else stream)
     items = load_examples(source, cfg, split, n_train=n, seed=seed)
     random.Random(seed).shuffle(items)
     return Prompts(items)
@@ -270,23 +340,83 @@ def load_examples(source: str, cfg, split: str, n_train: int = 0, seed: int = 0)
     """Examples of a source: a synthetic task (its training stream of n_train on the train split, else
     its held-out split; "NAME:heldout" is always the held-out one), or a file or dataset."""
     task = get_task(source)
-    if task is not None:
-        options = task_options(task, cfg.task_options)
-        if split == "train" and not source.endswith(":heldout"):
-            return task.train(options, n_train, seed, cfg.system_prompt)
-        return task.heldout(options, cfg.system_prompt)
-    return rows_to_examples(read_rows(source, split), source, cfg)
+    if task is None:
+        name = source if isinstance(source, str) else "the given dataset"
+        config, revision = getattr(cfg, "config", None), getattr(cfg, "revision", None)
+        return rows_to_examples(read_rows(source, split, config, revision), name, cfg)
+    options = task_options(task, _task_cfg(cfg, source).task_options)
+    if split == "train" and not source.endswith(":heldout"):
+        return _with_kwargs(task.train(options, n_train, seed, cfg.system_prompt), cfg)
+    return _with_kwargs(task.heldout(options, cfg.system_prompt), cfg)
+
+
+def _task_cfg(cfg, source: str):
+    if getattr(cfg, "apply_chat_template", "auto") == "false":
+        raise UserError(f"data: the synthetic task '{source}' makes chat prompts; they need the chat template "
+                        "(data.apply_chat_template=false takes text prompts only)")
+    return cfg
+
+
+def _with_kwargs(examples: list[Example], cfg) -> list[Example]:
+    for ex in examples:
+        ex.chat_kwargs = dict(getattr(cfg, "chat_template_kwargs", {}))
+    return examples
 
 
 # --------------------------------------------------------------------------- tokenisation
 
 
+def render_prompt(tokenizer, ex: Example) -> str:
+    """The prompt as the model sees it: plain text as it is, or the conversation through the chat template,
+    opening the assistant's turn, or continuing it when the conversation ends with an assistant message (a
+    prefilled reply, as TRL's apply_chat_template does)."""
+    if ex.raw:
+        return ex.prompt_text
+    if tokenizer.chat_template is None:
+        raise UserError(f"data: example '{ex.id}' is a conversation, but the tokenizer has no chat template; give "
+                        "plain-text prompts (data.apply_chat_template: auto or false) or set data.chat_template")
+    cont = ex.prompt[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=not cont,
+                                         continue_final_message=cont, **ex.chat_kwargs)
+
+
+def chat_config(cfg, two_turn: bool):
+    """The data config a method reads its prompts with: two-turn methods (SCoRe, self-correction evaluation)
+    extend the conversation, so under `auto` their text prompts are user messages too."""
+    if not two_turn or cfg.apply_chat_template == "true":
+        return cfg
+    if cfg.apply_chat_template == "false":
+        raise UserError("data.apply_chat_template=false: two-turn episodes extend a conversation and need the chat "
+                        "template")
+    return replace(cfg, apply_chat_template="true")
+
+
+def set_chat_template(tokenizer, template: str | None) -> None:
+    """data.chat_template: Jinja text, or a file holding it, in place of the tokenizer's; it must render a
+    conversation (checked here, before any work)."""
+    if not template:
+        return
+    path = Path(template)
+    if "{" not in template and path.suffix in (".jinja", ".j2", ".txt", "") and len(template) < 4096:
+        try:
+            template = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"data.chat_template: cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+    tokenizer.chat_template = template
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Q"}], tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # jinja2's TemplateSyntaxError, UndefinedError, ...: the template is the user's
+        raise UserError(f"data.chat_template does not render a conversation ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+
+
 def encode_prompts(tokenizer, examples: list[Example], max_prompt_tokens: int) -> list[list[int]]:
-    """Chat-formatted prompt token ids through the tokenizer's chat template."""
-    if not examples:
-        return []
-    texts = [tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True) for ex in examples]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Prompt token ids: a templated prompt holds its special tokens already; plain text gets the tokenizer's
+    own (a BOS where the model has one), as TRL tokenizes standard-format prompts."""
+    ids = []
+    for ex in examples:
+        text = render_prompt(tokenizer, ex)
+        ids.append(tokenizer(text, add_special_tokens=ex.raw)["input_ids"])
     for ex, row in zip(examples, ids):
         if len(row) > max_prompt_tokens:
             raise UserError(

@@ -66,6 +66,7 @@ TRL_NAMES = {
     "save_total_limit": "log.keep_last", "model_name_or_path": "model.path", "dataset_name": "data.train",
     "temperature": "generation.temperature", "top_p": "generation.top_p", "use_peft": "model.lora_r",
     "lora_r": "model.lora_r", "gradient_checkpointing": "model.gradient_checkpointing",
+    "dataset_config": "data.config", "dataset_train_split": "data.train_split", "dataset_test_split": "data.eval_split",
 }
 
 
@@ -242,8 +243,24 @@ def apply_overrides(raw: dict, overrides: list[str], depth: int = 2) -> dict:
 
 
 def to_plain(obj):
-    """A dataclass as plain dicts and lists (for YAML and JSON)."""
-    return dataclasses.asdict(obj)
+    """A dataclass as plain dicts and lists (for YAML and JSON). Objects given in Python (a reward function,
+    a datasets.Dataset) are written as a description: config.yaml records them, it cannot rebuild them."""
+    return _described(obj)
+
+
+def _described(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # not asdict: it deep-copies a Dataset
+        return {f.name: _described(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _described(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_described(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
+    rows = getattr(value, "num_rows", None)
+    return f"<{type(value).__name__}{f' of {rows} rows' if isinstance(rows, int) else ''}>"
 
 
 def dump_yaml(obj, path: str | Path) -> None:

@@ -10,7 +10,16 @@ from accelerate.utils import set_seed
 from reward import build_rewards
 from selfimprove import checkpoint
 from selfimprove.algorithms import Algorithm, get_algorithm
-from selfimprove.data import Prompts, check_lengths, get_task, load_examples, require_answers, training_prompts
+from selfimprove.data import (
+    Prompts,
+    chat_config,
+    check_lengths,
+    get_task,
+    load_examples,
+    require_answers,
+    set_chat_template,
+    training_prompts,
+)
 from selfimprove.distributed import configure_deepspeed, make_accelerator, set_threads, uses_deepspeed, zero_stage
 from selfimprove.engines import make_engine
 from selfimprove.errors import UserError
@@ -53,9 +62,9 @@ class State:
     reward_idle: dict = field(default_factory=dict)  # reward name -> steps running it applied to no trace
 
 
-def _examples(recipe, eval_on: bool) -> tuple[Prompts, list]:
+def _examples(recipe, eval_on: bool, two_turn: bool) -> tuple[Prompts, list]:
     """Training prompts (a stream or a cycled list) and the eval set (empty when no evaluation is asked)."""
-    d = recipe.data
+    d = chat_config(recipe.data, two_turn)
     n_train = max(recipe.train.steps, 1) * recipe.train.prompts_per_step  # only for a task without a stream
     train_prompts = training_prompts(d.train, d, d.train_split, recipe.seed, n_train)
     if not eval_on:
@@ -96,11 +105,12 @@ def setup(recipe, log=print) -> State:
     eval_on = recipe.eval.before or recipe.eval.after or recipe.eval.every
     if eval_on and recipe.eval.reward not in names:
         raise UserError(f"eval.reward '{recipe.eval.reward}' is not one of the recipe's rewards ({', '.join(names)})")
-    train_examples, eval_examples = _examples(recipe, eval_on)
+    train_examples, eval_examples = _examples(recipe, eval_on, algo.instruction is not None)
 
     resume_from = checkpoint.find(recipe, accelerator.num_processes, say)
     path = resolve_model_path(recipe.model.path, log=say)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, chat_template=False)  # plain-text prompts need none (a base model)
+    set_chat_template(tokenizer, recipe.data.chat_template)
     # QLoRA: a frozen quantized base under LoRA; else fp32 master weights (model.dtype sets the autocast precision)
     model = load_quantized(path, recipe.model) if recipe.model.quantize != "none" else load_model(path, "float32")
     _check_lengths(recipe, tokenizer, context_length(model), train_examples, eval_examples)
