@@ -74,6 +74,8 @@ def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi
     text, t_lo, t_hi = judge_template(template)
     lo, hi = (t_lo if lo is None else lo), (t_hi if hi is None else hi)
     tok = ctx.tokenizer
+    if tok.chat_template is None:  # a base model's tokenizer: the judge prompt is a user message
+        raise UserError("self_judge: the policy's tokenizer has no chat template; set data.chat_template")
     owner, rendered = [], []  # owner[k]: the trace index of judge prompt k
     for i, tr in enumerate(traces):
         answer = answer_text(tr.completion.text, extract)
