@@ -212,6 +212,12 @@ def check_model(m: ModelConfig) -> None:
              f"model.quantize={m.quantize} (QLoRA) trains LoRA adapters on the frozen quantized base: set model.lora_r")])
 
 
+# apply_chat_template's own arguments (and the template's `messages`): not variables a recipe may pass
+TEMPLATE_ARGS = {"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+                 "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+                 "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"}
+
+
 def check_data(d: DataConfig) -> None:
     if isinstance(d.apply_chat_template, bool):  # YAML's true/false
         d.apply_chat_template = str(d.apply_chat_template).lower()
@@ -224,6 +230,10 @@ def check_data(d: DataConfig) -> None:
          "data.system_prompt needs the chat template; it cannot be used with data.apply_chat_template=false"),
     ])
     check_ranges(d, "data.", {"max_prompt_tokens": ">=1"})
+    taken = sorted(k for k in d.chat_template_kwargs if not isinstance(k, str) or not k.isidentifier()
+                   or k in TEMPLATE_ARGS)
+    _first([(not taken, f"data.chat_template_kwargs: {taken[0]!r} is not a template variable name (or is one of "
+                        "apply_chat_template's own arguments)" if taken else "")])
 
 
 def check_sampling(g, where: str = "generation") -> None:

@@ -231,3 +231,17 @@ def test_a_hub_snapshot_of_templated_text_trains_raw(tmp_path, write_recipe, pro
         assert tr["turns"][0]["text"] == tr["prompt_text"] and tr["prompt_text"].count("<|user|>") == 1
         tr["prompt"] = [{"role": "user", "content": tr["prompt_text"][len("<|user|>"):-len("<|end|><|assistant|>")]}]
     check_rewards(traces, dict(problems), "math_correct")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.apply_chat_template=maybe", "data.apply_chat_template must be auto, true or false, got 'maybe'"),
+    ("data.chat_template_kwargs={tokenize: 1}", "data.chat_template_kwargs: 'tokenize' is not a template variable"),
+    ("data.chat_template=missing.jinja", "data.chat_template: cannot read missing.jinja"),
+    ("data.chat_template={% if %}", "data.chat_template does not render a conversation"),
+    ("data.system_prompt=Hi|data.apply_chat_template=false", "data.system_prompt needs the chat template"),
+])
+def test_bad_data_options_are_one_line(tmp_path, write_recipe, capsys, override, message):
+    code = main(["train", str(write_recipe()), *override.split("|")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists()
