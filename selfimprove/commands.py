@@ -74,6 +74,8 @@ class EvalOptions:
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
     prompt_column: str = opt("prompt", "column with the prompt (text or chat messages)")
     answer_column: str | None = opt("answer", "column with the reference answer")
+    apply_chat_template: str = opt("auto", "auto: text prompts as they are, chat messages templated | true | false "
+                                   "(data.apply_chat_template)")
     task_options: dict = opt({}, "options of a synthetic task (data.task_options)")
     max_new_tokens: int = opt(256, "tokens per answer at most")
     temperature: float = opt(0.0, "0: greedy")
@@ -93,8 +95,11 @@ class EvalOptions:
 def _generation_inputs(o, rewards_specs: list[RewardSpec], turns: int = 1):
     """(examples, bound rewards, tokenizer, hf engine) for the sampling subcommands (eval, cct); every
     input is checked before sampling starts: data, rewards, model, and prompt + answers within the context."""
+    mode = getattr(o, "apply_chat_template", "auto")
+    if mode not in ("auto", "true", "false"):
+        raise UserError(f"--apply-chat-template must be auto, true or false, got {mode!r}")
     data_cfg = chat_config(DataConfig(prompt_column=o.prompt_column, answer_column=o.answer_column,
-                                      task_options=o.task_options), turns == 2)
+                                      task_options=o.task_options, apply_chat_template=mode), turns == 2)
     examples = load_examples(o.data, data_cfg, o.split, n_train=o.n, seed=o.seed)[: o.n]
     require_answers(examples, o.data, o.answer_column)
     rewards = build_rewards(rewards_specs)

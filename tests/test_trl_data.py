@@ -245,3 +245,19 @@ def test_bad_data_options_are_one_line(tmp_path, write_recipe, capsys, override,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_eval_apply_chat_template_flag(tmp_path, mini_model, problems):
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"prompt": q, "answer": a}) + "\n" for q, a in problems))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": q}], "answer": a}) + "\n"
+                            for q, a in problems))
+    firsts = {}
+    for name, data, mode in (("raw", text, "auto"), ("forced", text, "true"), ("chat", chat, "auto")):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["eval", mini_model, "--data", str(data), "--max-new-tokens", "5", "--traces", str(out),
+                     "--apply-chat-template", mode]) == 0
+        firsts[name] = [json.loads(x)["turns"][0]["text"] for x in out.read_text().splitlines()]
+    assert firsts["raw"] == [q for q, _ in problems]
+    assert firsts["forced"] == firsts["chat"] == [TEMPLATED.format(q=q) for q, _ in problems]
