@@ -24,7 +24,7 @@ LAYERS = [
      "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.interrupts", "selfimprove.evaluation.metrics",
      "selfimprove.evaluation.report"],
     ["reward"],
-    ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.algorithms",
+    ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.export", "selfimprove.algorithms",
      "selfimprove.evaluation", "selfimprove.cct"],
     ["selfimprove.programs", "selfimprove.recipe", "selfimprove.state", "selfimprove.resume", "selfimprove.loop", "selfimprove"],
     ["selfimprove.tiny"],  # the tiny world: above the library, which finds it by name only
