@@ -24,9 +24,9 @@ LAYERS = [
      "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.interrupts", "selfimprove.evaluation.metrics",
      "selfimprove.evaluation.report"],
     ["reward"],
-    ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.export", "selfimprove.algorithms",
+    ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.algorithms",
      "selfimprove.evaluation", "selfimprove.cct"],
-    ["selfimprove.programs", "selfimprove.recipe", "selfimprove.state", "selfimprove.resume", "selfimprove.loop", "selfimprove"],
+    ["selfimprove.programs", "selfimprove.recipe", "selfimprove.export", "selfimprove.state", "selfimprove.resume", "selfimprove.loop", "selfimprove"],
     ["selfimprove.tiny"],  # the tiny world: above the library, which finds it by name only
     ["selfimprove.commands", "selfimprove.cli", "selfimprove.__main__"],
 ]
