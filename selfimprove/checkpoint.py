@@ -2,16 +2,24 @@
 
 `save` writes a checkpoint into a hidden temporary folder and renames it into place, so
 `checkpoints/step-N` exists only when it is whole: a run killed while saving leaves a `.step-N.tmp`
-that is ignored here. It holds the weights (HF format, loadable by transformers and vLLM; the adapter
-alone with LoRA; the gathered weights under ZeRO-3), `trainer_state.json` (step, scheduler, the data
-position, elapsed seconds, the evaluations and summary so far, every process's Python RNG, and what the
-run trained: model path, LoRA rank, processes), `trainer_state.pt` (tensors only: the optimizer state
-and every process's torch and sampler RNG) and, under DeepSpeed, `deepspeed/` (every process's
-optimizer partition, written by DeepSpeed's own checkpointing before the rename).
+that is ignored here. Layout of `step-N/`:
+
+    model/                       a clean Hugging Face folder (transformers, vLLM, `selfimprove eval`): config,
+                                 weights in model.dtype, tokenizer, generation config; with LoRA the adapter
+                                 alone; under ZeRO-3 the gathered weights
+    trainer_state.json           step, scheduler, data position, elapsed seconds, evaluations and summary so
+                                 far, every process's Python RNG, and what the run trained (model path, LoRA
+                                 rank, processes)
+    trainer_state.pt             tensors only: the optimizer state, every process's torch and sampler RNG
+    master_weights.safetensors   16-bit runs only: the fp32 master weights (the adapter's with LoRA), so a
+                                 resume continues from exactly the weights that trained, not their rounding
+    deepspeed/                   under DeepSpeed: every process's optimizer partition (DeepSpeed's own
+                                 checkpointing, before the rename)
 
 A checkpoint is data, never code: `trainer_state.pt` is read with `torch.load(weights_only=True)`,
 which unpickles tensors and plain containers only (a crafted file fails to load instead of running),
-and the rest is JSON. Weights that are not finite are never saved.
+and the rest is JSON and safetensors. Weights that are not finite are never saved. Checkpoints of the
+older layout (model files beside the trainer state) are not resumed (one line); they still load as models.
 
 `find` reads `train.resume`: `auto` continues from the newest checkpoint of the run folder
 (log.out/log.name) that loads (a damaged newer one is skipped, and the log says so) and starts fresh when
@@ -35,10 +43,11 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from selfimprove.distributed import any_process, uses_deepspeed, zero_stage
 from selfimprove.errors import UserError
+from selfimprove.hub import cast_weights, save_model
 from selfimprove.runlog import RunLog
 
 
@@ -48,24 +57,32 @@ def folder(run: RunLog, step: int, tmp: bool = False) -> Path:
 
 
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.pt"
+MODEL_DIR, MASTER = "model", "master_weights.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OLD_LAYOUT = ("a checkpoint of the older layout (model files beside trainer_state.json), which this version does "
+              "not resume; start a new run (it still loads as a model: selfimprove eval / export)")
 
 
 def run_signature(recipe, processes: int) -> dict:
     """What a checkpoint must share with the recipe that resumes it (stored in trainer_state.json)."""
     m = recipe.model
-    return {"model": m.path, "lora_r": m.lora_r, "quantize": m.quantize, "processes": processes,
+    return {"model": m.path, "lora_r": m.lora_r, "quantize": m.quantize, "dtype": m.dtype, "processes": processes,
             "algorithm": recipe.algorithm.name}
 
 
 def damage(ckpt: Path) -> str | None:
     """Why `ckpt` cannot be resumed from (a missing or unreadable file), or None when it loads. Cheap: the
     JSON, the tensor file's index (memory-mapped, tensors not read) and the safetensors headers."""
+    if not (ckpt / MODEL_DIR).is_dir():
+        return OLD_LAYOUT if (ckpt / "config.json").is_file() or (ckpt / "adapter_config.json").is_file() \
+            else f"no {MODEL_DIR}/ folder"
     try:
         json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
         torch.load(ckpt / STATE_TENSORS, map_location="cpu", weights_only=True, mmap=True)
-        weights = sorted(ckpt.glob("*.safetensors"))
+        weights = sorted((ckpt / MODEL_DIR).glob("*.safetensors"))
         if not weights:
-            return "no weights (*.safetensors)"
+            return f"no weights ({MODEL_DIR}/*.safetensors)"
+        weights += [ckpt / MASTER] if (ckpt / MASTER).exists() else []
         for w in weights:
             with safe_open(str(w), "pt"):
                 pass
@@ -84,6 +101,8 @@ def find(recipe, processes: int = 1, log=print) -> Path | None:
         if not (path / STATE_JSON).is_file():
             raise UserError(f"train.resume: {want} is not a checkpoint folder (no {STATE_JSON})")
         why = damage(path)
+        if why == OLD_LAYOUT:
+            raise UserError(f"train.resume: {want} is {why}")
         if why:
             raise UserError(f"train.resume: {want} is damaged ({why})")
         return check_matches(path, recipe, processes)
@@ -137,9 +156,10 @@ def _fresh_tmp(run: RunLog, step: int, accelerator) -> str:
 
 
 def save(run: RunLog, step: int, accelerator, model, tokenizer, optimizer, scheduler, engine, state: dict,
-         keep_last: int) -> None:
+         keep_last: int, dtype: str = "float32") -> None:
     """Checkpoint after `step` (every process calls it). `state`: the loop's own JSON entries (data position,
-    elapsed, evaluations, summary, run signature), stored in trainer_state.json with the scheduler and RNG."""
+    elapsed, evaluations, summary, run signature), stored in trainer_state.json with the scheduler and RNG.
+    `dtype`: model.dtype, the precision of the Hugging Face weights in `model/`."""
     accelerator.wait_for_everyone()
     if any_process(accelerator, not all(torch.isfinite(p).all() for p in model.parameters())):
         raise UserError(f"step {step}: the weights are not finite (inf or NaN); they were not saved")
@@ -148,7 +168,7 @@ def save(run: RunLog, step: int, accelerator, model, tokenizer, optimizer, sched
     deepspeed = uses_deepspeed(accelerator)
     tensors = {"optimizer": None if deepspeed else optimizer.state_dict(),
                "rng": [{"torch": r["torch"], "engine": r["engine"]} for r in rng]}
-    plain = {"format": 2, "step": step, "scheduler": scheduler.state_dict(),
+    plain = {"format": 3, "step": step, "scheduler": scheduler.state_dict(),
              "python_rng": [r["python"] for r in rng], **state}
     tmp = _fresh_tmp(run, step, accelerator) if deepspeed else str(folder(run, step, tmp=True))
     if deepspeed:
@@ -159,19 +179,38 @@ def save(run: RunLog, step: int, accelerator, model, tokenizer, optimizer, sched
     # ZeRO-3: the whole weights, gathered (accelerate's get_state_dict); elsewhere the module's own
     weights = accelerator.get_state_dict(model) if zero_stage(accelerator) == 3 else None
     if run.enabled:
-        _write(run, step, accelerator.unwrap_model(model), tokenizer, (plain, tensors), keep_last, weights)
+        _write(run, step, accelerator.unwrap_model(model), tokenizer, (plain, tensors), keep_last, weights, dtype)
     accelerator.wait_for_everyone()
 
 
+def master_weights(model) -> dict:
+    """The trained fp32 weights as one safetensors dict: the adapter's with LoRA, else the whole model's
+    (a tied weight once: safetensors holds no aliases, and loading re-ties it)."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    state, seen = cast_weights(model.state_dict(), torch.float32), set()
+    out = {}
+    for name, t in state.items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t.contiguous()
+    return out
+
+
 def _write(run: RunLog, step: int, model, tokenizer, state: tuple[dict, dict], keep_last: int,
-           weights: dict | None) -> Path:
-    """An HF-format folder plus the trainer state, renamed into place (into the folder `_fresh_tmp` made,
+           weights: dict | None, dtype: str = "float32") -> Path:
+    """The HF folder `model/` beside the trainer state, renamed into place (into the folder `_fresh_tmp` made,
     which may already hold other processes' files); then only the newest `keep_last` are kept."""
     run.ensure()
     final, tmp = folder(run, step), folder(run, step, tmp=True)
     tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, state_dict=weights)  # weights: a gathered state dict (ZeRO-3), else the model's
-    tokenizer.save_pretrained(tmp)
+    # weights: a gathered state dict (ZeRO-3), else the module's own; saved in model.dtype
+    save_model(model, tmp / MODEL_DIR, DTYPES[dtype], weights)
+    tokenizer.save_pretrained(tmp / MODEL_DIR)
+    if dtype != "float32" and weights is None:  # ZeRO-3 resumes from DeepSpeed's own fp32 partitions
+        save_file(master_weights(model), str(tmp / MASTER))
     torch.save(state[1], tmp / STATE_TENSORS)
     (tmp / STATE_JSON).write_text(json.dumps(state[0]), encoding="utf-8")
     fault("in_save", step)  # tests: a death here must leave the previous checkpoint the newest whole one
@@ -187,17 +226,20 @@ def _write(run: RunLog, step: int, model, tokenizer, state: tuple[dict, dict], k
 
 
 def load_policy_weights(model, ckpt: Path, lora: bool) -> None:
-    """Checkpoint weights into the (unwrapped) policy: the adapter with LoRA, else the whole model."""
+    """Checkpoint weights into the (unwrapped) policy: the adapter with LoRA, else the whole model; from the
+    fp32 master weights when the Hugging Face folder holds a 16-bit rounding of them."""
+    master, hf = ckpt / MASTER, ckpt / MODEL_DIR
     if lora:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model, load_file(str(master if master.is_file() else hf / "adapter_model.safetensors")))
         return
-    index = ckpt / "model.safetensors.index.json"
+    index = hf / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    paths = [master] if master.is_file() else [hf / name for name in files]
     state = {}
-    for name in files:
-        state.update(load_file(str(ckpt / name)))
+    for path in paths:
+        state.update(load_file(str(path)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {}) | {"lm_head.weight"}
     if unexpected or set(missing) - tied:

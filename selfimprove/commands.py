@@ -36,6 +36,7 @@ from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluation import best_of_n, evaluate, evaluate_two_turn, load_outcomes
 from selfimprove.evaluation.report import metrics_table, plot_self_correction
+from selfimprove.export import cli_export
 from selfimprove.loop import run
 from selfimprove.options import commented_yaml, opt
 from selfimprove.policy import context_length, load_model, load_tokenizer, resolve_model_path
@@ -66,7 +67,8 @@ def cmd_train(o: TrainOptions, overrides: list[str]) -> int:
 
 @dataclass
 class EvalOptions:
-    model: str = opt(help="a model: a checkpoint folder, a Hugging Face model, or tiny / tiny-correct", positional=True)
+    model: str = opt(help="a model: a checkpoint folder, a Hugging Face model or LoRA adapter folder, or tiny / "
+                     "tiny-correct", positional=True)
     data: str = opt(help="a data file, a datasets folder, hf:NAME, or a synthetic task (arith: its held-out split)")
     split: str = opt("test", "split of data (files with splits, hf:, synthetic tasks)")
     n: int = opt(500, "problems: the first n")
@@ -406,6 +408,22 @@ def cmd_judge(o: JudgeOptions, overrides: list[str]) -> int:
     return 0
 
 
+@dataclass
+class ExportOptions:
+    checkpoint: str = opt(help="a checkpoint (runs/NAME/checkpoints/step-N), or a model or LoRA adapter folder",
+                          positional=True)
+    out: str | None = opt(None, "the folder to write (default: the run folder's final/)")
+    merge_lora: bool = opt(False, "merge a LoRA adapter into its base (PEFT merge_and_unload): a plain model")
+    push_to_hub: str | None = opt(None, "then push the folder to this Hugging Face model repo (user/name)")
+    overwrite: bool = opt(False, "replace the output folder when it already holds files")
+
+
+def cmd_export(o: ExportOptions, overrides: list[str]) -> int:
+    """A clean Hugging Face folder with a model card from a checkpoint (selfimprove/export.py)."""
+    cli_export(o.checkpoint, o.out, o.merge_lora, o.overwrite, o.push_to_hub)
+    return 0
+
+
 # --------------------------------------------------------------------------- tiny
 
 
@@ -445,6 +463,7 @@ COMMANDS = {
     "cct": (CCTOptions, cmd_cct, "confidence/critique (CCT) SFT data from the model's own first attempts"),
     "sft": (SFTOptions, cmd_sft, "fine-tune on prompt-completion JSONL (CCT data) with TRL's SFTTrainer"),
     "judge": (JudgeOptions, cmd_judge, "score (question, answer[, reference]) JSONL rows with a Self-J judge"),
+    "export": (ExportOptions, cmd_export, "a checkpoint as a clean Hugging Face folder with a model card (merge, push)"),
     "tiny": (TinyOptions, cmd_tiny, "build (or locate) the embedded tiny model"),
     "config": (ConfigOptions, cmd_config, "print a complete default recipe of an algorithm or program, with comments"),
 }

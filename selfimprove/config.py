@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from selfimprove.errors import UserError
 from selfimprove.options import opt
 
@@ -137,6 +139,16 @@ class LogConfig:
 
 
 @dataclass
+class RunLogConfig(LogConfig):
+    """The run folder of an on-policy run: LogConfig plus its final export (programs save their own outputs)."""
+
+    merge_lora_final: bool = opt(False, "final/: merge the LoRA adapter into the base (PEFT merge_and_unload), "
+                                 "a plain model instead of the adapter")
+    push_to_hub: str | None = opt(None, "a Hugging Face repo (user/name): push final/ there at the end (a failed "
+                                  "push is a warning; the run still succeeds)")
+
+
+@dataclass
 class Recipe:
     """An on-policy recipe (NFT, GRPO, RFT, SCoRe, SSR); offline programs have their own (programs/)."""
 
@@ -148,7 +160,7 @@ class Recipe:
     algorithm: Any = opt(None, "the method: {name: nft | grpo | rft | score | ssr, ...its options}")
     train: TrainConfig = opt(TrainConfig(), "optimization")
     eval: EvalConfig = opt(EvalConfig(), "held-out evaluation")
-    log: LogConfig = opt(LogConfig(), "the run folder")
+    log: RunLogConfig = opt(RunLogConfig(), "the run folder; final/ (the exported model) when log.save_final")
     source: str = opt("", "the recipe file it came from (set by load_recipe)")
 
 
@@ -292,3 +304,23 @@ def validate(recipe: Recipe) -> None:
     check_temperature(e.temperature, "eval.temperature")
     if t.prompts_per_step * g.n < t.mini_batches:
         raise UserError("train.mini_batches is larger than the number of samples per step")
+    check_final(recipe.log, recipe.model)
+
+
+def check_final(log: RunLogConfig, m: ModelConfig) -> None:
+    """The final export's options: they act on final/, which only log.save_final writes."""
+    for key, on in (("merge_lora_final", log.merge_lora_final), ("push_to_hub", log.push_to_hub)):
+        if on and not log.save_final:
+            raise UserError(f"log.{key} acts on final/, which log.save_final=false does not write")
+    if log.merge_lora_final and not m.lora_r:
+        raise UserError("log.merge_lora_final merges a LoRA adapter: set model.lora_r (or drop it)")
+    if log.push_to_hub:
+        check_repo(log.push_to_hub, "log.push_to_hub")
+
+
+def check_repo(repo: str, key: str) -> None:
+    """A Hugging Face model repo id (user/name), by huggingface_hub's own rules."""
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as e:
+        raise UserError(f"{key}: '{repo}' is not a Hugging Face repo id (user/name): {str(e).splitlines()[0]}") from None

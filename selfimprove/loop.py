@@ -36,6 +36,7 @@ from selfimprove.engines import Sampling
 from selfimprove.errors import Interrupted, UserError
 from selfimprove.evaluation import evaluate
 from selfimprove.evaluation.report import plot_run, summary_table
+from selfimprove.export import write_final
 from selfimprove.interrupts import Interrupts
 from selfimprove.logprobs import mismatch_weights, pad_rows, policy_logprobs, reference_logprobs
 from selfimprove.resume import failure, fresh, interrupted, resume, save
@@ -346,6 +347,7 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
     acc.wait_for_everyone()
     state.engine.close()
     acc.end_training()  # tear the process group down before exit (gloo aborts at exit otherwise)
+    write_final(state, log)  # final/ (and its push) after the processes part: no barrier waits on an upload
     return summary
 
 
@@ -371,10 +373,8 @@ def progress_line(row: dict, t, seconds: float, steps: int) -> str:
 
 
 def _progress(enabled: bool):
-    if not enabled:
-        return None
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=False)
+                    transient=False) if enabled else None
 
 
 def _finish(state: State, summary: dict, evals, log) -> None:

@@ -20,7 +20,8 @@ def save(state: State, step: int, elapsed: float) -> None:
              "evals": list(state.evals), "summary": dict(state.summary),
              "run": checkpoint.run_signature(state.recipe, state.accelerator.num_processes)}
     checkpoint.save(state.run, step, state.accelerator, state.model, state.tokenizer, state.optimizer,
-                    state.scheduler, state.engine, extra, state.recipe.log.keep_last)
+                    state.scheduler, state.engine, extra, state.recipe.log.keep_last,
+                    state.recipe.model.dtype)
 
 
 def resume_hint(state: State) -> str:

@@ -23,6 +23,8 @@ from selfimprove.data import (
 from selfimprove.distributed import configure_deepspeed, make_accelerator, set_threads, uses_deepspeed, zero_stage
 from selfimprove.engines import make_engine
 from selfimprove.errors import UserError
+from selfimprove.export import offline
+from selfimprove.hub import adapter_base
 from selfimprove.optim import make_optimizer, make_scheduler
 from selfimprove.policy import (
     add_lora,
@@ -86,6 +88,18 @@ def _check_lengths(recipe, tokenizer, ctx_len: int, train_prompts: Prompts, eval
                    (eval_examples, recipe.eval.max_new_tokens, "eval.max_new_tokens", 0)])
 
 
+def _check_outputs(recipe, path: str, say) -> None:
+    """A LoRA adapter as model.path loads merged into its base (hub.py); vLLM loads a model folder itself.
+    A push that cannot happen (HF_HUB_OFFLINE=1) is said now; final/ is written all the same."""
+    if recipe.generation.backend != "hf" and adapter_base(path) is not None:
+        raise UserError(f"model.path: {recipe.model.path} is a LoRA adapter; generation.backend={recipe.generation.backend} "
+                        f"loads a whole model: merge it first (selfimprove export {recipe.model.path} --merge-lora "
+                        "--out DIR) and set model.path to DIR")
+    if recipe.log.push_to_hub and offline():
+        say(f"warning: log.push_to_hub={recipe.log.push_to_hub} but HF_HUB_OFFLINE=1: final/ will be written, "
+            "not pushed")
+
+
 def setup(recipe, log=print) -> State:
     """Everything a user can get wrong is checked here, before anything is written."""
     algo, t = get_algorithm(recipe.algorithm.name), recipe.train
@@ -109,6 +123,7 @@ def setup(recipe, log=print) -> State:
 
     resume_from = checkpoint.find(recipe, accelerator.num_processes, say)
     path = resolve_model_path(recipe.model.path, log=say)
+    _check_outputs(recipe, path, say)
     tokenizer = load_tokenizer(path, chat_template=False)  # plain-text prompts need none (a base model)
     set_chat_template(tokenizer, recipe.data.chat_template)
     # QLoRA: a frozen quantized base under LoRA; else fp32 master weights (model.dtype sets the autocast precision)

@@ -32,7 +32,7 @@ def train(recipe, name, *extra, fault=None):
 
 
 def weights(run_dir, step=6):
-    return load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model" / "model.safetensors"))
 
 
 @pytest.mark.slow

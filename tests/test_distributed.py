@@ -93,7 +93,7 @@ def test_deepspeed_zero_trains_in_two_cpu_processes_like_one_process(tmp_path, w
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in single], abs=1e-4)
     assert [r["grad_norm"] for r in rows] == pytest.approx([r["grad_norm"] for r in single], rel=1e-3)
 
-    ckpt = load_file(str(tmp_path / "runs" / "zero" / "checkpoints" / "step-000004" / "model.safetensors"))
+    ckpt = load_file(str(tmp_path / "runs" / "zero" / "checkpoints" / "step-000004" / "model" / "model.safetensors"))
     assert ckpt["model.embed_tokens.weight"].shape[0] > 300  # whole tensors, not a process's shard
     # the digest is taken over weight-push buckets (gathered one by one under ZeRO-3): they hold
     # exactly the final weights

@@ -173,7 +173,7 @@ def small_recipe(folder: Path, model: str, name: str) -> Path:
     return path
 
 
-def assert_checkpoints_finite(root: Path, pattern: str = "**/checkpoints/step-*/*.safetensors") -> None:
+def assert_checkpoints_finite(root: Path, pattern: str = "**/checkpoints/step-*/model/*.safetensors") -> None:
     for f in sorted(root.glob(pattern)):
         bad = [k for k, t in load_file(str(f)).items() if t.is_floating_point() and not torch.isfinite(t).all()]
         assert not bad, f"{f} holds non-finite tensors: {bad[:5]}"
@@ -204,7 +204,7 @@ def test_train_with_random_overrides(overrides, mini_model, examples, capsys):
     if code == 0:
         assert_checkpoints_finite(folder)
         # log.out='..' writes next to the example's folder
-        assert_checkpoints_finite(folder.parent, "*/checkpoints/step-*/*.safetensors")
+        assert_checkpoints_finite(folder.parent, "*/checkpoints/step-*/model/*.safetensors")
 
 
 # --------------------------------------------------------------------------- the other subcommands with random flags

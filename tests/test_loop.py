@@ -1,9 +1,12 @@
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from selfimprove import loop
 from selfimprove.algorithms import Algorithm
@@ -65,7 +68,9 @@ def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini
     before, after = load_model(mini_model), load_model(str(ckpt))
     changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
     assert len(changed) == len(list(before.parameters()))  # every parameter moved
-    assert (ckpt / "trainer_state.pt").is_file() and (ckpt / "tokenizer.json").is_file()
+    assert (ckpt / "trainer_state.pt").is_file() and (ckpt / "model" / "tokenizer.json").is_file()
+    # the trainer state lies beside the Hugging Face folder, never in it
+    assert not {"trainer_state.pt", "trainer_state.json"} & {p.name for p in (ckpt / "model").iterdir()}
 
 
 def constant_reward(traces, ctx):
@@ -88,9 +93,22 @@ def test_no_optimizer_step_when_nothing_carries_a_gradient(tmp_path, mini_model,
 def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, mini_model, write_recipe):
     p = write_recipe(algorithm={"name": "grpo"}, **LOOP)
     recipe = load_recipe(p, ["model.dtype=bfloat16", "eval.before=false", "eval.after=false", "train.steps=1"])
+    state = loop.setup(recipe, log=lambda *a: None)
+    assert next(state.model.parameters()).dtype == torch.float32  # the optimizer steps fp32 master weights
     summary = run(recipe, log=lambda *a: None)
-    after = load_model(summary["run_dir"] + "/checkpoints/step-000001")
-    assert next(after.parameters()).dtype == torch.float32
+    ckpt = Path(summary["run_dir"]) / "checkpoints" / "step-000001"
+    # the Hugging Face folder holds bf16 (the model's own dtype); the fp32 masters lie beside it, for resume
+    assert safetensors_dtypes(ckpt / "model" / "model.safetensors") == {"BF16"}
+    assert json.loads((ckpt / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert safetensors_dtypes(ckpt / "master_weights.safetensors") == {"F32"}
+    master = load_file(str(ckpt / "master_weights.safetensors"))
+    hf = load_file(str(ckpt / "model" / "model.safetensors"))
+    assert master.keys() == hf.keys() and all(torch.equal(master[k].bfloat16(), hf[k]) for k in hf)
+
+
+def safetensors_dtypes(path) -> set[str]:
+    with safe_open(str(path), "pt") as f:
+        return {f.get_slice(k).get_dtype() for k in f.keys()}
 
 
 def test_lora_trains_only_adapters_and_uses_the_adapters_off_model_as_reference(tmp_path, mini_model, write_recipe):

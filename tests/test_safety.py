@@ -28,7 +28,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def weights(run: Path, step: int) -> dict:
-    return load_file(str(run / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+    return load_file(str(run / "checkpoints" / f"step-{step:06d}" / "model" / "model.safetensors"))
 
 
 def same(a: dict, b: dict) -> bool:
@@ -86,7 +86,7 @@ def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(tmp_path, wri
     recipe = write_recipe(**SHORT)
     assert main(["train", str(recipe), "log.name=whole"]) == 0
     assert main(["train", str(recipe), "log.name=cut"]) == 0
-    newest = tmp_path / "runs/cut/checkpoints/step-000004/model.safetensors"
+    newest = tmp_path / "runs/cut/checkpoints/step-000004/model/model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     with open(tmp_path / "runs/cut/metrics.jsonl", "a") as f:
         f.write('{"step": 5, "rew')  # a torn last line
@@ -172,7 +172,7 @@ def test_a_non_finite_gradient_stops_or_skips_and_nothing_non_finite_is_saved(tm
         rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["skipped_nonfinite"] for r in rows] == [0, 1, 0, 0]
     for ckpt in (run / "checkpoints").iterdir():
-        assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "model.safetensors")).values())
+        assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "model" / "model.safetensors")).values())
 
 
 def never_applies(traces, ctx):
