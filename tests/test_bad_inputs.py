@@ -11,6 +11,7 @@ writes the inputs and returns argv; every pattern is a loose case-insensitive re
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -181,7 +182,12 @@ RECIPES = [
     ("recipe-missing-file", on("train", recipe=("nope.yaml", None)), r"nope\.yaml", MISSING),
     ("recipe-is-a-folder", on("train", recipe=("recipedir", {})), r"recipedir", MISSING + r"|folder|director"),
     ("recipe-none-given", lambda e: ["train"], r"recipe"),
+    ("recipe-unknown-tracker", on("train", "log.report_to=[tensorboard, tensorbord]"), r"log\.report_to",
+     r"tensorbord", r"accepted: tensorboard, wandb"),
 ]
+if importlib.util.find_spec("swanlab") is None:  # a tracker accelerate knows, not installed here
+    RECIPES.append(("recipe-tracker-not-installed", on("train", "log.report_to=swanlab"), r"log\.report_to",
+                    r"pip install swanlab"))
 
 # --------------------------------------------------------------------------- numeric ranges: "overrides:concept"
 # (R: out of range, F: not finite; G, T: settings under which the method cannot learn); the message names the key

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ import torch
 from selfimprove.batch import collate, masked_entropy, token_logprobs
 from selfimprove.cli import main
 from selfimprove.config import LogConfig
+from selfimprove.distributed import make_accelerator
 from selfimprove.errors import UserError
 from selfimprove.loop import run
 from selfimprove.options import Text, bind
 from selfimprove.recipe import load_recipe
+from selfimprove.runlog import RunLog
 from selfimprove.trackers import build, completions, flat_config, markdown_table, scalars
 from tests.conftest import make_trace
 
@@ -211,3 +214,47 @@ def test_an_unknown_tracker_is_one_line_at_load(write_recipe, capsys):
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: log.report_to: unknown tracker 'tensorbord'; accepted: tensorboard, wandb,")
+
+
+def test_a_missing_tracker_package_stops_the_run_at_setup_with_nothing_written(tmp_path, write_recipe, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr("selfimprove.trackers.importlib.util.find_spec", lambda n: None if n == "wandb" else real(n))
+    recipe = load_recipe(write_recipe(), ["log.report_to=wandb"])
+    with pytest.raises(UserError, match=r"^log.report_to: wandb is not installed \(pip install wandb\)$"):
+        run(recipe, log=lambda *a: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_trackio_gets_the_rows_the_table_and_the_summary(tmp_path, write_recipe, monkeypatch):
+    # the run folder's plumbing without training: RunLog with an Accelerator carrying trackio
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
+    if "trackio" in sys.modules:
+        pytest.skip("trackio was imported before TRACKIO_DIR could be set")
+    pytest.importorskip("trackio")
+    from trackio.sqlite_storage import SQLiteStorage
+
+    recipe = load_recipe(write_recipe(), ["log.report_to=trackio", "log.project=si-test"])
+    log = RunLog(recipe)
+    acc = make_accelerator("float32", log_with=build(recipe.log, log.path))
+    log.attach(acc)
+    traces = [make_trace("4", reward=1.0, rewards={"math": 1.0}), make_trace("5", idx=1, rewards={"math": 0.0})]
+    log.metrics({"step": 1, "reward": 0.5, "rewards/chrf": None})
+    log.traces(traces, 1)
+    log.metrics({"step": 2, "reward": 0.75, "rewards/chrf": None})
+    log.summary({"final_reward": 0.625, "model": "tiny"}, 2)
+    acc.end_training()
+    assert SQLiteStorage.get_runs("si-test") == ["run"]
+    logs = SQLiteStorage.get_logs("si-test", "run")
+    by_step = {}
+    for entry in logs:
+        by_step.setdefault(entry["step"], {}).update(entry)
+    assert by_step[1]["reward"] == 0.5 and by_step[2]["reward"] == 0.75
+    assert by_step[2]["summary/final_reward"] == 0.625
+    assert "rewards/chrf" not in by_step[1] and "summary/model" not in by_step[2]
+    assert by_step[1]["completions"]["_type"] == "trackio.table"
+
+
+@pytest.mark.parametrize("recipe", ["recipes/selfj/tiny_arith.yaml", "recipes/reward_model/tiny_arith.yaml"])
+def test_programs_refuse_report_to_rather_than_ignore_it(recipe):
+    with pytest.raises(UserError, match=r"^.*log.report_to: experiment trackers are not wired into the selfj"):
+        load_recipe(recipe, ["log.report_to=wandb"])
