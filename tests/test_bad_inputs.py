@@ -11,7 +11,6 @@ writes the inputs and returns argv; every pattern is a loose case-insensitive re
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -185,9 +184,6 @@ RECIPES = [
     ("recipe-unknown-tracker", on("train", "log.report_to=[tensorboard, tensorbord]"), r"log\.report_to",
      r"tensorbord", r"accepted: tensorboard, wandb"),
 ]
-if importlib.util.find_spec("swanlab") is None:  # a tracker accelerate knows, not installed here
-    RECIPES.append(("recipe-tracker-not-installed", on("train", "log.report_to=swanlab"), r"log\.report_to",
-                    r"pip install swanlab"))
 
 # --------------------------------------------------------------------------- numeric ranges: "overrides:concept"
 # (R: out of range, F: not finite; G, T: settings under which the method cannot learn); the message names the key
