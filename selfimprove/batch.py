@@ -53,11 +53,25 @@ def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.
     return batch
 
 
-def token_logprobs(model, batch) -> torch.Tensor:
-    """log pi(target token) for every target column: [B, L - 1], float32."""
+def token_logprobs(model, batch, stats: dict | None = None) -> torch.Tensor:
+    """log pi(target token) for every target column: [B, L - 1], float32. With `stats`, the policy's entropy
+    over the trained tokens (batch["mask"]) is added to stats["entropy_sum"] and their count to
+    stats["entropy_tokens"], from the same log-probabilities (no second forward pass)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
+    if stats is not None:
+        total, count = masked_entropy(logp, batch["mask"])
+        stats["entropy_sum"] += total
+        stats["entropy_tokens"] += count
     return logp.gather(-1, batch["targets"][..., None]).squeeze(-1)
+
+
+@torch.no_grad()
+def masked_entropy(logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """(sum, count) of the entropy -sum_v p log p of each position's distribution where mask is 1.
+    logp: [B, T, V] log-probabilities; mask: [B, T]. entr(0) = 0, where p * log p would be 0 * -inf = nan."""
+    ent = torch.special.entr(logp.exp()).sum(-1)
+    return float((ent * mask).sum()), int(mask.sum())
 
 
 def micro_batches(items: list, size: int) -> list[list]:

@@ -123,6 +123,11 @@ class EvalConfig:
     batch_size: int = opt(512, "sequences per generate call")
 
 
+# log.report_to: accelerate's trackers (accelerate.tracking) and the pip package each needs
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "comet_ml": "comet-ml",
+            "mlflow": "mlflow", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
+
+
 @dataclass
 class LogConfig:
     out: str = opt("runs", "parent folder of run folders")
@@ -136,6 +141,14 @@ class LogConfig:
     save_final: bool = opt(True, "checkpoint at the end")
     keep_last: int = opt(2, "checkpoints kept")
     progress: bool = opt(True, "progress bar")
+    report_to: list[str] | str = opt([], "experiment trackers (TRL's name): a list or one of "
+                                     f"{', '.join(TRACKERS)}; none or []: none")
+    project: str = opt("selfimprove", "the wandb / trackio project (the run's name there is log.name's folder)")
+
+    def __post_init__(self):
+        # one name or "none" as in TRL (report_to: wandb); kept as a list from here on
+        names = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        self.report_to = [n for n in names if n != "none"]
 
 
 @dataclass
@@ -277,6 +290,11 @@ def check_log(log: LogConfig) -> None:
     check_ranges(log, "log.", {"every": ">=1", "traces_every": ">=0", "traces_per_step": ">=0", "save_every": ">=0",
                                "keep_last": ">=1"})
     check_run_name(log.name)
+    for name in log.report_to:
+        if name not in TRACKERS:
+            raise UserError(f"log.report_to: unknown tracker {name!r}; accepted: {', '.join(TRACKERS)} (or none)")
+    if not log.project:
+        raise UserError("log.project must not be empty")
 
 
 def check_run_name(name: str | None) -> None:

@@ -19,8 +19,9 @@ from selfimprove.engines.weights import weight_buckets
 MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def make_accelerator(dtype: str = "float32"):
-    """16-bit dtypes train as mixed precision: fp32 master weights, autocast in the forward pass."""
+def make_accelerator(dtype: str = "float32", log_with: list | None = None):
+    """16-bit dtypes train as mixed precision: fp32 master weights, autocast in the forward pass.
+    `log_with`: the experiment trackers (trackers.build)."""
     # accelerate keeps one global state per process; a second run in the same single process (tests,
     # notebooks) with another precision must start from a fresh one
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
@@ -30,8 +31,8 @@ def make_accelerator(dtype: str = "float32"):
         # cpu=True would silently drop DeepSpeed; without CUDA, DeepSpeed needs gloo named explicitly
         # (environment.md section 4: accelerate otherwise picks no backend and sees one process)
         handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-        return Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers)
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype])
+        return Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers, log_with=log_with or None)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype], log_with=log_with or None)
 
 
 def configure_deepspeed(accelerator, train_cfg) -> None:

@@ -16,7 +16,6 @@ from contextlib import nullcontext
 
 import torch
 from accelerate.utils import gather_object
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reward import RewardContext, score
 from selfimprove import checkpoint, rollout
@@ -39,6 +38,7 @@ from selfimprove.evaluation.report import plot_run, summary_table
 from selfimprove.export import write_final
 from selfimprove.interrupts import Interrupts
 from selfimprove.logprobs import mismatch_weights, pad_rows, policy_logprobs, reference_logprobs
+from selfimprove.progress import progress_bar, progress_line
 from selfimprove.resume import failure, fresh, interrupted, resume, save
 from selfimprove.state import State, setup
 from selfimprove.trace import dump_jsonl
@@ -87,7 +87,8 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
     cfg, t = recipe.algorithm, recipe.train
     order = list(range(len(traces)))
     chunks = [order[i::t.mini_batches] for i in range(t.mini_batches)] if t.mini_batches > 1 else [order]
-    stats, extra, steps_taken = {"loss": 0.0, "grad_norm": 0.0, "skipped_nonfinite": 0}, {}, 0
+    stats = {"loss": 0.0, "grad_norm": 0.0, "skipped_nonfinite": 0, "entropy_sum": 0.0, "entropy_tokens": 0}
+    extra, steps_taken = {}, 0
     for idx in chunks:
         n_tok = sum(sum(len(tu.token_ids) for tu in traces[i].turns if tu.trainable) for i in idx)
         live = [i for i in idx if not algo.zero_loss(traces[i], cfg)]  # traces whose gradient is exactly zero: skipped
@@ -112,7 +113,7 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
                     weight, mm = mismatch_weights(batch, pad_rows([trainer_lp[i] for i in mb], width, acc.device),
                                                   g.mismatch_correction, g.mismatch_cap)
                     _collect(extra, mm)
-                tok, metrics = algo.loss(batch, token_logprobs(model, batch), cfg)
+                tok, metrics = algo.loss(batch, token_logprobs(model, batch, stats), cfg)  # + the policy's entropy
                 if weight is not None:
                     tok = tok * weight
                 loss = aggregate(tok, batch["mask"], cfg.loss_agg, n_tok, n_seq, recipe.generation.max_new_tokens,
@@ -228,7 +229,8 @@ def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> 
     gen_tokens = sum(len(t.token_ids) for tr in traces for t in tr.turns if t.trainable)
     local = {"reward": sum(tr.reward for tr in traces), "n": len(traces), "gen_tokens": gen_tokens,
              "loss": stats.pop("loss"), "n_train": len(train_traces), "frac_all_equal": frac_all_equal(traces),
-             "judge_parse_failures": sum(bool(tr.meta.get("judge.parse_failed")) for tr in traces)}
+             "judge_parse_failures": sum(bool(tr.meta.get("judge.parse_failed")) for tr in traces),
+             "entropy_sum": stats.pop("entropy_sum"), "entropy_tokens": stats.pop("entropy_tokens")}
     lengths = [len(tr.completion.token_ids) for tr in traces]
     local["reward_sq"] = sum(tr.reward * tr.reward for tr in traces)  # inf, not OverflowError, for a huge reward
     local["truncated"] = sum(tr.completion.finish_reason == "length" for tr in traces)
@@ -255,6 +257,8 @@ def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> 
         "completion_len": tot["gen_tokens"] / max(tot["n"], 1), "gen_tokens": tot["gen_tokens"],
         "completion_len/min": int(-neg_shortest), "completion_len/max": int(longest),
         "truncated_share": tot["truncated"] / n,  # completions cut at max_new_tokens (no EOS)
+        # the mean per-token entropy over the trained tokens of every forward pass of the update (TRL's entropy)
+        "entropy": tot["entropy_sum"] / tot["entropy_tokens"] if tot["entropy_tokens"] else None,
     })
     return row
 
@@ -294,7 +298,7 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
             log(f"held-out accuracy before training: {summary['accuracy_before']:.1%} (n={len(state.eval_examples)})")
 
     # a bar on a terminal; under nohup or SLURM (stdout not a terminal) a plain line every log.every steps
-    progress = _progress(acc.is_main_process and l_cfg.progress and sys.stdout.isatty())
+    progress = progress_bar(acc.is_main_process and l_cfg.progress and sys.stdout.isatty())
     t_start, steps_done = time.perf_counter(), start
     with progress or nullcontext():
         task = progress.add_task("training", total=t_cfg.steps, completed=start) if progress else None
@@ -315,7 +319,7 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
             if steps_done % l_cfg.every == 0 or steps_done == 1 or "eval/accuracy" in row:
                 run.metrics(row)
             if l_cfg.traces_every and (steps_done % l_cfg.traces_every == 0 or steps_done == 1):
-                run.traces(traces[: l_cfg.traces_per_step])
+                run.traces(traces[: l_cfg.traces_per_step], steps_done)  # + the trackers' completions table
             if l_cfg.save_every and steps_done % l_cfg.save_every == 0:
                 save(state, steps_done, elapsed)
             if progress:
@@ -362,21 +366,6 @@ def _watch_rewards(state: State, row: dict, log) -> None:
                 f"{row['step']}: check its inputs (e.g. data.answer_column)")
 
 
-def progress_line(row: dict, t, seconds: float, steps: int) -> str:
-    """One plain progress line: step, reward, loss, seconds per step and the time left (steps or budget)."""
-    per_step = seconds / max(steps, 1)
-    left = (t.steps - row["step"]) * per_step
-    if t.max_seconds:
-        left = min(left, max(t.max_seconds - row["time/elapsed"], 0.0))
-    return (f"step {row['step']}/{t.steps}  reward {row['reward']:.3f}  loss {row['loss']:.4g}  "
-            f"{per_step:.2f} s/step  ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}")
-
-
-def _progress(enabled: bool):
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=False) if enabled else None
-
-
 def _finish(state: State, summary: dict, evals, log) -> None:
     run = state.run
     if not run.enabled:
@@ -391,7 +380,7 @@ def _finish(state: State, summary: dict, evals, log) -> None:
     for tag, traces in state.eval_traces.items():
         if tag in ("before", "after"):
             dump_jsonl(traces, run.path / f"eval_{tag}.jsonl")
-    run.write_json("summary.json", summary)
+    run.summary(summary, summary["steps"])  # summary.json, and its numbers to the trackers at the last step
     plot_run(run.path, state.history, evals)
     table = summary_table(summary)
     (run.path / "summary.txt").write_text(table + "\n")

@@ -87,6 +87,8 @@ def type_name(tp) -> str:
 def _text_value(value: Text, tp):
     """Command-line text for a field of type `tp`: strings stay verbatim, everything else is YAML."""
     args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if str in args and value.text.lstrip().startswith("[") and any(typing.get_origin(a) is list for a in args):
+        return value.parsed()  # list[str] | str (log.report_to): [a, b] is the list, a lone word the string
     if str in args:
         return None if type(None) in args and value.text in ("null", "~") else value.text
     return value.parsed()

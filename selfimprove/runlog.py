@@ -5,7 +5,8 @@ be written and is not another run's: an existing folder is only continued by `tr
 when the recipe says `log.overwrite: true` (then at the first write, so a mistake found during setup
 still leaves the old run as it was). The folder is created on the first write, i.e. once the first
 training step has passed: a recipe or data mistake found during setup or the first step leaves nothing
-half-written behind.
+half-written behind. The experiment trackers of `log.report_to` (trackers.py) start with the folder and
+receive what it receives: the metrics rows, a completions table with each traces dump, the summary.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from selfimprove import trackers
 from selfimprove.errors import UserError
 from selfimprove.options import dump_yaml
 from selfimprove.trace import dump_jsonl
@@ -51,7 +53,14 @@ class RunLog:
             raise UserError(f"log.name: {self.path} exists and is not a folder")
         self.recipe = recipe
         self.enabled = enabled  # only the main process writes
+        self.accelerator = None  # its trackers (log.report_to) get what the folder gets: attach()
         self._created = False
+
+    def attach(self, accelerator) -> None:
+        """The Accelerator of the run (built with `trackers.build(log, self.path)`): only its main process
+        writes, and its trackers start with the folder."""
+        self.accelerator = accelerator
+        self.enabled = accelerator.is_main_process
 
     def ensure(self) -> Path:
         if self.enabled and not self._created:
@@ -62,16 +71,32 @@ class RunLog:
                 raise UserError(f"log.name: the run folder {self.path} was created by another run meanwhile")
             dump_yaml(self.recipe, self.path / "config.yaml")
             self._created = True
+            if self._tracking():
+                trackers.start(self.accelerator, self.recipe)
         return self.path
+
+    def _tracking(self) -> bool:
+        return self.accelerator is not None and bool(self.recipe.log.report_to)
 
     def metrics(self, row: dict) -> None:
         if self.enabled:
             with open(self.ensure() / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self._tracking():
+                self.accelerator.log(trackers.scalars(row), step=row.get("step"))
 
-    def traces(self, traces) -> None:
+    def traces(self, traces, step: int | None = None) -> None:
+        """A traces.jsonl dump; with `step`, also the completions table of these traces to the trackers."""
         if self.enabled:
             dump_jsonl(traces, self.ensure() / "traces.jsonl", append=True)
+            if step is not None and self._tracking():
+                trackers.log_table(self.accelerator, traces, step)
+
+    def summary(self, summary: dict, step: int) -> None:
+        """summary.json, and its numbers to the trackers at the last step (as summary/<key>)."""
+        self.write_json("summary.json", summary)
+        if self.enabled and self._tracking():
+            self.accelerator.log(trackers.scalars(summary, "summary/"), step=step)
 
     def write_json(self, name: str, obj) -> None:
         if self.enabled:

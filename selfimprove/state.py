@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from accelerate.utils import set_seed
 
 from reward import build_rewards
-from selfimprove import checkpoint
+from selfimprove import checkpoint, trackers
 from selfimprove.algorithms import Algorithm, get_algorithm
 from selfimprove.data import (
     Prompts,
@@ -103,9 +103,10 @@ def _check_outputs(recipe, path: str, say) -> None:
 def setup(recipe, log=print) -> State:
     """Everything a user can get wrong is checked here, before anything is written."""
     algo, t = get_algorithm(recipe.algorithm.name), recipe.train
-    accelerator = make_accelerator(recipe.model.dtype)
+    run = RunLog(recipe)  # log.out writable, log.name not another run's; first: the trackers write inside it
+    accelerator = make_accelerator(recipe.model.dtype, log_with=trackers.build(recipe.log, run.path))
+    run.attach(accelerator)
     say = log if accelerator.is_main_process else (lambda *a: None)
-    run = RunLog(recipe, enabled=accelerator.is_main_process)  # log.out writable, log.name not another run's
     set_threads(t.threads, "train.threads", say)
     set_seed(recipe.seed)
     if t.on_nonfinite == "skip" and uses_deepspeed(accelerator):  # its engine steps inside backward()

@@ -181,6 +181,8 @@ RECIPES = [
     ("recipe-missing-file", on("train", recipe=("nope.yaml", None)), r"nope\.yaml", MISSING),
     ("recipe-is-a-folder", on("train", recipe=("recipedir", {})), r"recipedir", MISSING + r"|folder|director"),
     ("recipe-none-given", lambda e: ["train"], r"recipe"),
+    ("recipe-unknown-tracker", on("train", "log.report_to=[tensorboard, tensorbord]"), r"log\.report_to",
+     r"tensorbord", r"accepted: tensorboard, wandb"),
 ]
 
 # --------------------------------------------------------------------------- numeric ranges: "overrides:concept"

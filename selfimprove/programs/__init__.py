@@ -28,6 +28,7 @@ from selfimprove.config import (
     check_sampling,
     check_seed,
 )
+from selfimprove.errors import UserError
 from selfimprove.options import opt
 
 PROGRAMS = {
@@ -99,3 +100,6 @@ def check_program_recipe(recipe: ProgramRecipe) -> None:
     check_optim(recipe.train)
     check_ranges(recipe.train, "train.", {"epochs": ">0", "batch_size": ">=1", "max_steps": ">=0"})
     check_log(recipe.log)
+    if recipe.log.report_to:  # not wired into the judge and reward-model programs yet: say so, never ignore it
+        raise UserError("log.report_to: experiment trackers are not wired into the selfj and reward_model programs "
+                        "yet (on-policy recipes only)")
