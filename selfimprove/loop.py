@@ -44,8 +44,7 @@ from selfimprove.trace import dump_jsonl
 
 
 def sampling_of(g) -> Sampling:
-    return Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                    batch_size=g.batch_size)
+    return Sampling.of(g)
 
 
 def sample_step(state: State, step: int):

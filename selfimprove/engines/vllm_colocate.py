@@ -61,6 +61,17 @@ def _keep_cpu_linear_weights() -> None:
     layer_utils.dispatch_cpu_unquantized_gemm = keep_weights  # vLLM imports it inside the call: patch seen
 
 
+def processing(sp: Sampling) -> dict:
+    """vLLM's names for the sampling options (SamplingParams and the server's completions request alike). The stop
+    string stays in the output, as the HF engine keeps it: the text is then the decoding of the token ids (vLLM's
+    token ids always run to the token that completed the stop string)."""
+    out = {"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k if sp.top_k > 0 else -1,
+           "min_p": sp.min_p, "repetition_penalty": sp.repetition_penalty}
+    if sp.stop:
+        out.update(stop=list(sp.stop), include_stop_str_in_output=True)
+    return out
+
+
 class VLLMEngine:
     generator = None  # vLLM's sampler streams are seeded per prompt: nothing to checkpoint
     def __init__(self, model, tokenizer, *, model_path: str, gen, dtype: str, seed: int = 0,
@@ -165,9 +176,10 @@ class VLLMEngine:
         self.wake()
         if self.lora and self.lora_request is None:
             self.load_weights()  # the adapter starts as the trainer's (zero update: base model)
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, logprobs=0, stop_token_ids=self.stop_ids,
-                                 detokenize=False, seed=None if seeds is None else seeds[i] % (1 << 63))
+        params = [SamplingParams(n=sampling.n, max_tokens=sampling.max_new_tokens, logprobs=0,
+                                 stop_token_ids=self.stop_ids, **processing(sampling),
+                                 detokenize=bool(sampling.stop),  # stop strings are matched on the text
+                                 seed=None if seeds is None else seeds[i] % (1 << 63))
                   for i in range(len(prompts))]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
                                  lora_request=self.lora_request)

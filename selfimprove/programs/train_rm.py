@@ -247,8 +247,7 @@ def collect_self_data(recipe, path: str, tokenizer, log):
         examples, heldout = split_by_prompt(examples, lambda ex: json.dumps(ex.prompt), cfg.eval_share, recipe.seed)
     heldout = heldout[: cfg.n_eval]
     engine = make_engine("hf", load_model(path, "float32"), tokenizer, seed=recipe.seed)
-    sampling = Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                        batch_size=g.batch_size)
+    sampling = Sampling.of(g)
     pairs, used, chunk = [], 0, max(1, g.batch_size // g.n)
     while len(pairs) < cfg.n_pairs and used < len(examples):
         traces, correct = sample_and_verify(engine, tokenizer, examples[used : used + chunk], sampling, verifier,
@@ -259,7 +258,7 @@ def collect_self_data(recipe, path: str, tokenizer, log):
     if not pairs:
         raise UserError("no prompt had both a correct and an incorrect sample: no preference pairs")
     held_traces, held_correct = sample_and_verify(engine, tokenizer, heldout, sampling, verifier, recipe, "heldout")
-    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+    greedy = Sampling.of(g, n=1, temperature=0.0)
     _, greedy_correct = sample_and_verify(engine, tokenizer, heldout, greedy, verifier, recipe, "greedy")
     return pairs[: cfg.n_pairs], held_traces, held_correct, sum(greedy_correct.values()) / max(len(heldout), 1)
 
