@@ -66,6 +66,8 @@ TRL_NAMES = {
     "save_total_limit": "log.keep_last", "model_name_or_path": "model.path", "dataset_name": "data.train",
     "temperature": "generation.temperature", "top_p": "generation.top_p", "use_peft": "model.lora_r",
     "lora_r": "model.lora_r", "gradient_checkpointing": "model.gradient_checkpointing",
+    "mask_truncated_completions": "algorithm.mask_truncated", "top_k": "generation.top_k", "min_p": "generation.min_p",
+    "repetition_penalty": "generation.repetition_penalty",
 }
 
 
