@@ -79,7 +79,9 @@ class RewardSpec:
     fn: str = opt(help="a name in reward.REWARDS or 'package.module:function'")
     weight: float = opt(1.0, "weight in the combined reward")
     name: str | None = opt(None, "key in trace.rewards (default: fn)")
-    kwargs: dict = opt({}, "options bound to the function")
+    kwargs: dict = opt({}, "options bound to the function (factory: true: passed to the factory once)")
+    factory: bool = opt(False, "fn builds the reward: fn(**kwargs) returns the reward function (e.g. "
+                        "trl.rewards:get_soft_overlong_punishment)")
 
 
 @dataclass
