@@ -52,9 +52,10 @@ def from_pretrained(cls, path: str, what: str, **kwargs):
         raise UserError(f"{what}: cannot load {path} ({type(e).__name__}: {first.strip()[:200]})") from None
 
 
-def load_tokenizer(path: str, what: str = "model", chat_template: bool = True):
-    """The tokenizer of `path`, with EOS as the pad token when it has none."""
-    tok = from_pretrained(AutoTokenizer, path, f"{what} tokenizer")
+def load_tokenizer(path: str, what: str = "model", chat_template: bool = True, **options):
+    """The tokenizer of `path`, with EOS as the pad token when it has none. `options`: from_pretrained's
+    (revision, trust_remote_code)."""
+    tok = from_pretrained(AutoTokenizer, path, f"{what} tokenizer", **options)
     if tok.eos_token is None and tok.pad_token_id is None:
         raise UserError(f"{what}: the tokenizer of {path} has neither a pad nor an end-of-sequence token")
     if tok.pad_token_id is None:

@@ -75,7 +75,7 @@ def processing(sp: Sampling) -> dict:
 class VLLMEngine:
     generator = None  # vLLM's sampler streams are seeded per prompt: nothing to checkpoint
     def __init__(self, model, tokenizer, *, model_path: str, gen, dtype: str, seed: int = 0,
-                 rank: int = 0, local_rank: int = 0, world: int = 1, lora_r: int = 0):
+                 rank: int = 0, local_rank: int = 0, world: int = 1, lora_r: int = 0, hub: dict | None = None):
         """`model`: the trainer's (unwrapped) model, whose weights `load_weights` pushes."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GB of KV cache on CPU builds
@@ -94,7 +94,9 @@ class VLLMEngine:
         self.lora = lora_r > 0
         self.sleep_level = 2 if gen.sleep and current_platform.is_sleep_mode_available() else 0
         self.sleeping = False
-        kwargs = {}
+        kwargs = dict(hub or {})  # revision, trust_remote_code: LLM's own arguments of the same names
+        if hub and hub.get("revision"):
+            kwargs["tokenizer_revision"] = hub["revision"]
         if world > 1:  # one engine per process, joined to the launcher's ranks (TRL's colocate mode)
             os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
