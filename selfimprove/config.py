@@ -183,7 +183,8 @@ def check_ranges(obj, prefix: str, ranges: dict[str, str], flag: bool = False) -
         if flag:
             key = key.replace("_", "-")
         if not _range_ok(value, spec):
-            shown = f"in {spec.replace(',', ', ')}" if spec[0] in "[(" else f"{spec.rstrip('0123456789.')} {spec.lstrip('>=')}"
+            op = ">=" if spec.startswith(">=") else ">"
+            shown = f"in {spec.replace(',', ', ')}" if spec[0] in "[(" else f"{op} {spec[len(op):]}"
             raise UserError(f"{prefix}{key} must be {shown}, got {value!r}")
 
 

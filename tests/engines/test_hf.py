@@ -1,11 +1,14 @@
+import re
+
 import pytest
 import torch
 
 from selfimprove.batch import collate, token_logprobs
-from selfimprove.config import DataConfig
+from selfimprove.config import DataConfig, GenerationConfig, check_generation
 from selfimprove.data import Example, load_examples
 from selfimprove.engines import Sample, Sampling
 from selfimprove.engines.hf import HFEngine, sample_token
+from selfimprove.errors import UserError
 from selfimprove.policy import load_model, load_tokenizer
 from selfimprove.rollout import make_traces, sample
 
@@ -198,3 +201,16 @@ def test_repetition_penalty_matches_transformers_and_ignores_padding(mini_model)
     assert [[s.token_ids for s in g] for g in a] == [[s.token_ids for s in g] for g in b]
     free = engine.generate(p, Sampling(n=3, temperature=1.0, max_new_tokens=8), seeds=list(range(5)))
     assert [[s.token_ids for s in g] for g in a] != [[s.token_ids for s in g] for g in free]
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("top_k", -2, "generation.top_k must be >= -1, got -2"),
+    ("min_p", 1.5, "generation.min_p must be in [0, 1], got 1.5"),
+    ("repetition_penalty", 0.0, "generation.repetition_penalty must be > 0, got 0.0"),
+    ("stop", ["\n", ""], "generation.stop[1] is an empty string"),
+])
+def test_generation_option_ranges_are_one_line(key, value, msg):
+    with pytest.raises(UserError, match="^" + re.escape(msg)):
+        check_generation(GenerationConfig(**{key: value}))
+    sp = Sampling.of(GenerationConfig(top_k=5, stop=["x"]), n=2)
+    assert (sp.n, sp.top_k, sp.stop, sp.min_p) == (2, 5, ("x",), 0.0)
