@@ -8,6 +8,7 @@ contract, plain Hugging Face loading), never the loop, the algorithms or the pro
     translation.py   chrf, comet_kiwi                     self_judge.py  the policy judges itself (self_judge)
     selfj.py         a trained Self-J judge: views, digit probabilities, E[score], judge_model
     reward_model.py  a trained scalar reward model (reward_model)
+    length.py        overlong_penalty (DAPO's soft overlong punishment)
 """
 
 from reward.registry import REWARDS, BoundReward, RewardContext, build_rewards, resolve, score, trl_adapter

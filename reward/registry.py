@@ -4,9 +4,12 @@ A reward is a plain function `fn(traces, ctx, **kwargs) -> list[float | None]`, 
 `REWARDS` or by a `"package.module:function"` path. `None` means "not applicable to this trace"
 (e.g. no reference answer); the combined reward is the weighted sum of the parts that apply, and each
 part is kept in `trace.rewards[name]`. TRL-style functions `fn(prompts, completions, **columns)` work
-too: any function with a `completions` parameter is wrapped by `trl_adapter` (GRPOTrainer's calling
-convention), and verl's `compute_score(data_source, solution_str, ground_truth, extra_info)` by
+too: any function with a `completions` or `completion_ids` parameter is wrapped by `trl_adapter` (GRPOTrainer's
+calling convention), and verl's `compute_score(data_source, solution_str, ground_truth, extra_info)` by
 `verl_adapter`. A reward may be `async def`; its values any real number or None.
+
+A factory (`factory: true` in the recipe's entry, e.g. `trl.rewards:get_soft_overlong_punishment`) is called
+once with the entry's kwargs, and the function it returns is the reward (adapted as above).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from reward.format import number_format, regex_format, think_format
+from reward.length import overlong_penalty
 from reward.math import exact_match, math_correct
 from reward.reward_model import reward_model
 from reward.self_judge import self_judge
@@ -40,7 +44,9 @@ REWARDS: dict[str, Callable] = {
     "reward_model": reward_model,
     "chrf": chrf,
     "comet_kiwi": comet_kiwi,
+    "overlong_penalty": overlong_penalty,
 }
+TRL_PARAMS = ("completions", "completion_ids")  # a function that takes either uses GRPOTrainer's convention
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,9 @@ def verl_adapter(fn: Callable) -> Callable:
     return wrapped
 
 
-def resolve(name) -> Callable:
-    """A reward by registry name, `package.module:function` path, or a callable (Python API)."""
+def resolve(name, factory_kwargs: dict | None = None) -> Callable:
+    """A reward by registry name, `package.module:function` path, or a callable (Python API). With
+    `factory_kwargs`, the function found is a factory: its result for those kwargs is the reward."""
     if callable(name):
         fn = name
     elif name in REWARDS:
@@ -154,23 +161,49 @@ def resolve(name) -> Callable:
         near = difflib.get_close_matches(name, list(REWARDS), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f" (known: {', '.join(REWARDS)}; or use 'package.module:function')"
         raise UserError(f"unknown reward '{name}'{hint}")
+    if factory_kwargs is not None:
+        fn = _made(fn, name, factory_kwargs)
     params = inspect.signature(fn).parameters
-    if "completions" in params:
+    if any(p in params for p in TRL_PARAMS):
         fn = trl_adapter(fn)
     elif "solution_str" in params and "ground_truth" in params:
         fn = verl_adapter(fn)
     return fn
 
 
+def _made(factory: Callable, name, kwargs: dict) -> Callable:
+    """The reward function a factory returns for `kwargs`; its failures are one line."""
+    try:
+        fn = factory(**kwargs)
+    except Exception as e:  # a TypeError for a wrong option, or the factory's own check
+        raise UserError(f"reward '{name}' (factory: true) failed to build with kwargs {kwargs}: "
+                        f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+    if not callable(fn):
+        raise UserError(f"reward '{name}' (factory: true) returned a {type(fn).__name__}, not a reward function")
+    return fn
+
+
+def _takes_no_traces(fn: Callable, kwargs: dict) -> bool:
+    """Every parameter of `fn` is given by kwargs, so nothing is left to receive the traces: a factory."""
+    params = inspect.signature(fn).parameters.values()
+    open_ = [p for p in params if p.name not in kwargs and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                                      p.VAR_POSITIONAL)]
+    return not open_
+
+
 def build_rewards(specs) -> list[BoundReward]:
-    """Bind the recipe's `rewards:` entries (fn, weight, name, kwargs); option mistakes fail here, early."""
+    """Bind the recipe's `rewards:` entries (fn, weight, name, kwargs, factory); option mistakes fail here, early."""
     out, names = [], set()
     for spec in specs:
-        fn = resolve(spec.fn)
+        factory = getattr(spec, "factory", False)
+        fn = resolve(spec.fn, dict(spec.kwargs) if factory else None)
         validate = getattr(fn, "validate_kwargs", None)  # a reward's own option checks, run before anything starts
-        if validate is not None:
+        if validate is not None and not factory:
             validate(spec.kwargs)
-        if spec.kwargs:
+        if spec.kwargs and not factory:
+            if _takes_no_traces(fn, spec.kwargs):
+                raise UserError(f"reward '{spec.fn}': kwargs fill every parameter, so nothing receives the completions; "
+                                "if it is a factory that returns the reward function, add `factory: true` to its entry")
             params = inspect.signature(fn).parameters
             has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
             unknown = [k for k in spec.kwargs if k not in params and not has_var_kw]

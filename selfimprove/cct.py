@@ -12,6 +12,7 @@ Rows use TRL's conversational prompt-completion format, so only the final answer
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from reward import score
 from selfimprove.engines.base import Sampling
@@ -27,8 +28,7 @@ def build_cct(engine, tokenizer, examples, rewards, ctx, n_rows: int, keep_share
     if n_rows < 1 or k < 1:
         raise UserError("n_rows and k must be >= 1")
     sampling = sampling or Sampling(temperature=1.0, max_new_tokens=64)
-    first = Sampling(n=k, temperature=sampling.temperature, top_p=sampling.top_p,
-                     max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size)
+    first = replace(sampling, n=k)
     traces = sample(engine, tokenizer, examples, first, tag="cct", max_prompt_tokens=10**9)
     score(traces, rewards, ctx)
     name = rewards[0].name

@@ -28,6 +28,11 @@ class ModelConfig:
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_target: str = opt("all-linear", "PEFT target_modules: all-linear or comma-separated module names")
     quantize: str = opt("none", "none | 4bit | 8bit: QLoRA, the frozen base in bitsandbytes NF4/int8 (lora_r, CUDA)")
+    attn_implementation: str | None = opt(None, "eager | sdpa | flash_attention_2 | flash_attention_3 | flex_attention "
+                                          "| a Hub kernel (org/repo) (null: transformers' choice)")
+    revision: str | None = opt(None, "a Hub branch, tag or commit of model.path (policy, tokenizer and reference)")
+    trust_remote_code: bool = opt(False, "run the Python code of the model's repository (custom architectures): "
+                                  "only for repositories you trust")
 
 
 @dataclass
@@ -61,6 +66,10 @@ class GenerationConfig:
     n: int = opt(8, "samples per prompt (one group)")
     temperature: float = opt(1.0, "sampling temperature (0: greedy)")
     top_p: float = opt(1.0, "nucleus sampling")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 or -1: off)")
+    min_p: float = opt(0.0, "drop tokens below min_p x the top token's probability (0: off)")
+    repetition_penalty: float = opt(1.0, "> 1 discourages tokens of the prompt and the completion so far (1: off)")
+    stop: list[str] = opt([], "strings that end a completion (finish_reason stop); the stop string stays in it")
     max_new_tokens: int = opt(256, "tokens sampled per completion at most")
     batch_size: int = opt(512, "sequences per generate call (hf)")
     mismatch_correction: str = opt("none", "none | is | tis: weight each token by pi_trainer/pi_engine "
@@ -81,7 +90,9 @@ class RewardSpec:
     fn: str = opt(help="a name in reward.REWARDS or 'package.module:function'")
     weight: float = opt(1.0, "weight in the combined reward")
     name: str | None = opt(None, "key in trace.rewards (default: fn)")
-    kwargs: dict = opt({}, "options bound to the function")
+    kwargs: dict = opt({}, "options bound to the function (factory: true: passed to the factory once)")
+    factory: bool = opt(False, "fn builds the reward: fn(**kwargs) returns the reward function (e.g. "
+                        "trl.rewards:get_soft_overlong_punishment)")
 
 
 @dataclass
@@ -120,6 +131,8 @@ class EvalConfig:
     correct_threshold: float = opt(0.5, "a value of eval.reward >= this is correct")
     max_new_tokens: int = opt(256, "tokens per answer at most")
     temperature: float = opt(0.0, "0: greedy")
+    repetition_penalty: float = opt(1.0, "as generation.repetition_penalty, for the evaluation's answers")
+    stop: list[str] = opt([], "as generation.stop, for the evaluation's answers")
     batch_size: int = opt(512, "sequences per generate call")
 
 
@@ -204,7 +217,8 @@ def check_ranges(obj, prefix: str, ranges: dict[str, str], flag: bool = False) -
         if flag:
             key = key.replace("_", "-")
         if not _range_ok(value, spec):
-            shown = f"in {spec.replace(',', ', ')}" if spec[0] in "[(" else f"{spec.rstrip('0123456789.')} {spec.lstrip('>=')}"
+            op = ">=" if spec.startswith(">=") else ">"
+            shown = f"in {spec.replace(',', ', ')}" if spec[0] in "[(" else f"{op} {spec[len(op):]}"
             raise UserError(f"{prefix}{key} must be {shown}, got {value!r}")
 
 
@@ -231,6 +245,7 @@ def check_model(m: ModelConfig) -> None:
         (bool(m.path), "model.path is required: a Hugging Face model name or folder"),
         (m.dtype in ("float32", "bfloat16", "float16"), f"model.dtype must be float32, bfloat16 or float16, got {m.dtype!r}"),
         (m.quantize in ("none", "4bit", "8bit"), "model.quantize must be none, 4bit or 8bit"),
+        (m.revision is None or bool(m.revision.strip()), "model.revision must be a branch, tag or commit, not empty"),
     ])
     check_ranges(m, "model.", {"lora_r": ">=0", "lora_alpha": ">0", "lora_dropout": "[0,1)"})
     _first([(m.quantize == "none" or m.lora_r > 0,
@@ -264,6 +279,16 @@ def check_data(d: DataConfig) -> None:
 def check_sampling(g, where: str = "generation") -> None:
     check_ranges(g, f"{where}.", {"n": ">=1", "top_p": "(0,1]", "max_new_tokens": ">=1", "batch_size": ">=1"})
     check_temperature(g.temperature, f"{where}.temperature")
+    check_processing(g, where)
+
+
+def check_processing(g, where: str) -> None:
+    """The logits processing options a section has (top_k, min_p, repetition_penalty, stop)."""
+    ranges = {"top_k": ">=-1", "min_p": "[0,1]", "repetition_penalty": ">0"}
+    check_ranges(g, f"{where}.", {k: v for k, v in ranges.items() if hasattr(g, k)})
+    for i, s in enumerate(getattr(g, "stop", [])):
+        if not s:
+            raise UserError(f"{where}.stop[{i}] is an empty string (every stop string needs at least one character)")
 
 
 def check_generation(g: GenerationConfig) -> None:
@@ -320,6 +345,7 @@ def validate(recipe: Recipe) -> None:
             (len(recipe.rewards) >= 1, "rewards: at least one reward is needed")])
     check_ranges(e, "eval.", {"n": ">=1", "max_new_tokens": ">=1", "every": ">=0", "batch_size": ">=1"})
     check_temperature(e.temperature, "eval.temperature")
+    check_processing(e, "eval")
     if t.prompts_per_step * g.n < t.mini_batches:
         raise UserError("train.mini_batches is larger than the number of samples per step")
     check_final(recipe.log, recipe.model)

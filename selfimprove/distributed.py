@@ -15,6 +15,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 
 from selfimprove.engines.weights import weight_buckets
+from selfimprove.errors import UserError
 
 MIXED = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -27,12 +28,32 @@ def make_accelerator(dtype: str = "float32", log_with: list | None = None):
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1 \
             and AcceleratorState().mixed_precision != MIXED[dtype]:
         AcceleratorState._reset_state()
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # would otherwise run unsharded (cpu=True)
+        raise UserError("FSDP is not supported yet; use DeepSpeed ZeRO-2/3 (accelerate launch --config_file "
+                        "recipes/accelerate/zero2.yaml or zero3.yaml)")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # a DeepSpeed profile
         # cpu=True would silently drop DeepSpeed; without CUDA, DeepSpeed needs gloo named explicitly
         # (environment.md section 4: accelerate otherwise picks no backend and sees one process)
         handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-        return Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers, log_with=log_with or None)
+        accelerator = Accelerator(mixed_precision=MIXED[dtype], kwargs_handlers=handlers, log_with=log_with or None)
+        check_deepspeed_config(accelerator)
+        return accelerator
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=MIXED[dtype], log_with=log_with or None)
+
+
+def check_deepspeed_config(accelerator) -> None:
+    """selfimprove builds the optimizer and the LR schedule itself (train.*; the loop steps them): a DeepSpeed
+    JSON with its own `optimizer` or `scheduler` block (HF-style configs often carry them) would make a second
+    one, or fail deep inside deepspeed.initialize. One line naming the block instead."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    where = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "the DeepSpeed config"
+    for block, keys in (("optimizer", "train.lr, weight_decay, adam_beta1, adam_beta2"),
+                        ("scheduler", "train.lr_schedule, warmup_steps")):
+        if plugin.deepspeed_config.get(block) is not None:
+            raise UserError(f"{where} has a '{block}' block: selfimprove builds the {block} from {keys}; "
+                            f"remove the block from the DeepSpeed config")
 
 
 def configure_deepspeed(accelerator, train_cfg) -> None:

@@ -118,14 +118,14 @@ def _merged_adapter(cls, path: str, base: str, what: str, kwargs: dict):
     return merged
 
 
-def load_tokenizer(path: str, what: str = "model", chat_template: bool = True):
+def load_tokenizer(path: str, what: str = "model", chat_template: bool = True, **options):
     """The tokenizer of `path` (an adapter folder without one: its base's), with EOS as the pad token when
-    it has none."""
+    it has none. `options`: from_pretrained's (revision, trust_remote_code)."""
     path = hf_folder(path)
     base = adapter_base(path)
     if base is not None and not (Path(path).expanduser() / "tokenizer_config.json").is_file():
         path = base_source(path, base, what)
-    tok = from_pretrained(AutoTokenizer, path, f"{what} tokenizer")
+    tok = from_pretrained(AutoTokenizer, path, f"{what} tokenizer", **options)
     if tok.eos_token is None and tok.pad_token_id is None:
         raise UserError(f"{what}: the tokenizer of {path} has neither a pad nor an end-of-sequence token")
     if tok.pad_token_id is None:

@@ -45,8 +45,7 @@ from selfimprove.trace import dump_jsonl
 
 
 def sampling_of(g) -> Sampling:
-    return Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                    batch_size=g.batch_size)
+    return Sampling.of(g)
 
 
 def sample_step(state: State, step: int):
@@ -192,7 +191,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
             score_everywhere(state, traces, step)
             rollout.keep_attempt_reward(traces, 1)
             t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
-    train_traces = algo.prepare(traces, recipe.algorithm)
+    train_traces = algo.train_traces(traces, recipe.algorithm)  # prepare (advantages), then mask_truncated
     state.engine.sleep()  # a vLLM engine frees its memory for the update (GPU)
     acc, mb, pad = state.accelerator, recipe.train.micro_batch_size, state.tokenizer.pad_token_id
     ref_lp = (reference_logprobs(acc, state.model, state.ref_model, train_traces, mb, pad, bool(recipe.model.lora_r))

@@ -67,6 +67,8 @@ TRL_NAMES = {
     "temperature": "generation.temperature", "top_p": "generation.top_p", "use_peft": "model.lora_r",
     "lora_r": "model.lora_r", "gradient_checkpointing": "model.gradient_checkpointing",
     "dataset_config": "data.config", "dataset_train_split": "data.train_split", "dataset_test_split": "data.eval_split",
+    "mask_truncated_completions": "algorithm.mask_truncated", "top_k": "generation.top_k", "min_p": "generation.min_p",
+    "repetition_penalty": "generation.repetition_penalty",
 }
 
 

@@ -6,11 +6,12 @@ import copy
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from selfimprove.errors import UserError
 from selfimprove.hub import NAMED_MODELS, from_pretrained, load_tokenizer, resolve_model
 
-__all__ = ["NAMED_MODELS", "load_tokenizer", "load_model", "resolve_model_path"]
+__all__ = ["NAMED_MODELS", "load_tokenizer", "load_model", "resolve_model_path", "hub_options", "model_options"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 def resolve_model_path(path: str, log=print) -> str:
@@ -18,8 +19,33 @@ def resolve_model_path(path: str, log=print) -> str:
     return resolve_model(path, "model", log)
 
 
-def load_model(path: str, dtype: str = "float32"):
-    return from_pretrained(AutoModelForCausalLM, path, "model", dtype=DTYPES[dtype])
+def hub_options(cfg) -> dict:
+    """model.revision and model.trust_remote_code, for every from_pretrained of model.path (model and tokenizer).
+    Only what the recipe sets: transformers' own defaults stay in charge otherwise."""
+    out = {}
+    if cfg is not None and getattr(cfg, "revision", None):
+        out["revision"] = cfg.revision
+    if cfg is not None and getattr(cfg, "trust_remote_code", False):
+        out["trust_remote_code"] = True  # runs the repository's Python code: the user opted in
+    return out
+
+
+def model_options(cfg) -> dict:
+    """hub_options plus model.attn_implementation (checked against transformers' registry of attention functions)."""
+    out = hub_options(cfg)
+    attn = getattr(cfg, "attn_implementation", None) if cfg is not None else None
+    if attn is not None:
+        known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]  # with any a user registered
+        if attn not in known and attn.count("/") != 1:  # org/repo: a kernel from the Hub (transformers' kernels)
+            raise UserError(f"model.attn_implementation must be one of {', '.join(known)} or a Hub kernel "
+                            f"(org/repo), got {attn!r}")
+        out["attn_implementation"] = attn
+    return out
+
+
+def load_model(path: str, dtype: str = "float32", cfg=None):
+    """The causal LM at `path`; `cfg` (a ModelConfig) adds revision, trust_remote_code and attn_implementation."""
+    return from_pretrained(AutoModelForCausalLM, path, "model", dtype=DTYPES[dtype], **model_options(cfg))
 
 
 def load_quantized(path: str, cfg):
@@ -38,7 +64,7 @@ def load_quantized(path: str, cfg):
     from peft import prepare_model_for_kbit_training
 
     model = from_pretrained(AutoModelForCausalLM, path, "model", quantization_config=bnb, dtype=compute,
-                            device_map={"": torch.cuda.current_device()})
+                            device_map={"": torch.cuda.current_device()}, **model_options(cfg))
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
 

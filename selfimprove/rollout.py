@@ -17,6 +17,7 @@ default; `eval.correct_threshold` in a recipe, `--correct-threshold` on the comm
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from selfimprove.data import Example, encode_prompts
@@ -98,6 +99,15 @@ def keep_attempt_reward(traces: list[Trace], k: int, reward: str | None = None) 
         tr.attempts[k].reward = tr.reward if reward is None else tr.rewards.get(reward)
 
 
+def ended_turn(turn: Turn, engine, tokenizer, sampling: Sampling) -> bool:
+    """The attempt ended with an end-of-turn token: not cut at max_new_tokens, and not ended by a stop string
+    (whose completion has no end-of-turn token either)."""
+    if turn.finish_reason != "stop":
+        return False
+    ends = getattr(engine, "stop_ids", None) or [tokenizer.eos_token_id]
+    return not sampling.stop or (bool(turn.token_ids) and turn.token_ids[-1] in ends)
+
+
 def add_second_attempt(engine, tokenizer, traces: list[Trace], instruction: str, sampling: Sampling,
                        reward: str | None = None) -> None:
     """Keep attempt 1's (scored) reward on its turn, then append [instruction turn, sampled attempt 2] to
@@ -108,12 +118,11 @@ def add_second_attempt(engine, tokenizer, traces: list[Trace], instruction: str,
         question = tr.prompt[-1]["content"] if tr.prompt else ""
         text = instruction_text(instruction, question)
         ids = instruction_ids(tokenizer, text)
-        if tr.turns[-1].finish_reason != "stop":  # a truncated attempt is closed with EOS first
+        if not ended_turn(tr.turns[-1], engine, tokenizer, sampling):  # closed with EOS first
             ids = [tokenizer.eos_token_id] + ids
         instr_turns.append(Turn("user", text, ids))
         prompts.append(tr.token_ids + ids)
-    samples = engine.generate(prompts, Sampling(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                                max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size))
+    samples = engine.generate(prompts, replace(sampling, n=1))
     for tr, turn, group in zip(traces, instr_turns, samples):
         s = group[0]
         tr.turns.append(turn)

@@ -30,6 +30,7 @@ from selfimprove.policy import (
     add_lora,
     context_length,
     frozen_copy,
+    hub_options,
     load_model,
     load_quantized,
     load_tokenizer,
@@ -125,10 +126,12 @@ def setup(recipe, log=print) -> State:
     resume_from = checkpoint.find(recipe, accelerator.num_processes, say)
     path = resolve_model_path(recipe.model.path, log=say)
     _check_outputs(recipe, path, say)
-    tokenizer = load_tokenizer(path, chat_template=False)  # plain-text prompts need none (a base model)
+    # plain-text prompts need no chat template (a base model)
+    tokenizer = load_tokenizer(path, chat_template=False, **hub_options(recipe.model))
     set_chat_template(tokenizer, recipe.data.chat_template)
     # QLoRA: a frozen quantized base under LoRA; else fp32 master weights (model.dtype sets the autocast precision)
-    model = load_quantized(path, recipe.model) if recipe.model.quantize != "none" else load_model(path, "float32")
+    m = recipe.model
+    model = load_quantized(path, m) if m.quantize != "none" else load_model(path, "float32", m)
     _check_lengths(recipe, tokenizer, context_length(model), train_examples, eval_examples)
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -152,6 +155,6 @@ def setup(recipe, log=print) -> State:
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
                          seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
                          model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
-                         lora_r=recipe.model.lora_r)
+                         lora_r=recipe.model.lora_r, hub=hub_options(recipe.model))
     return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
                  train_examples, eval_examples, run, resume_from=resume_from)

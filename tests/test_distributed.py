@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file
 
-from selfimprove.distributed import weights_digest
+from selfimprove.distributed import check_deepspeed_config, weights_digest
+from selfimprove.errors import UserError
 from selfimprove.policy import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +119,45 @@ def test_deepspeed_zero_trains_in_two_cpu_processes_like_one_process(tmp_path, w
     else:  # ZeRO-3: the same samples and curve to float rounding (measured: losses 1e-8 apart), not bit-exact
         assert [r["loss"] for r in tail] == pytest.approx([r["loss"] for r in rows[2:]], abs=1e-6)
         assert [r["grad_norm"] for r in tail] == pytest.approx([r["grad_norm"] for r in rows[2:]], rel=1e-5)
+
+
+def _launch(tmp_path, write_recipe, *flags):
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([accelerate, "launch", "--num_processes", "1", "--main_process_port", "29533", *flags,
+                           "-m", "selfimprove", "train", str(write_recipe(**DDP))],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def _refused(out, line: str, tmp_path) -> None:
+    """The process stopped with exit code 2 and one line, no traceback of ours (the launcher reports the exit
+    code of its child with its own), and no run folder."""
+    assert line in out.stderr and "exitcode: 2" in out.stderr, out.stderr[-3000:]
+    assert f'File "{ROOT / "selfimprove"}' not in out.stderr and not (tmp_path / "runs" / "ddp").exists()
+
+
+@pytest.mark.parametrize("block", ["optimizer", "scheduler"])
+def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_block_is_refused(block):
+    config = {"zero_optimization": {"stage": 2}, block: {"type": "AdamW", "params": {"lr": "auto"}}}
+    acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)))
+    keys = {"optimizer": "train.lr, weight_decay, adam_beta1, adam_beta2", "scheduler": "train.lr_schedule, warmup_steps"}
+    with pytest.raises(UserError, match=f"^the DeepSpeed config has a '{block}' block: selfimprove builds the {block} "
+                                        f"from {keys[block]}; remove the block from the DeepSpeed config$"):
+        check_deepspeed_config(acc)
+    del config[block]
+    check_deepspeed_config(acc)  # without the block: accepted
+
+
+@pytest.mark.slow
+def test_a_deepspeed_launch_with_an_optimizer_block_stops_in_one_line(tmp_path, write_recipe):
+    pytest.importorskip("deepspeed")
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+                              "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}))
+    out = _launch(tmp_path, write_recipe, "--use_deepspeed", "--deepspeed_config_file", str(ds))
+    _refused(out, f"error: {ds} has a 'optimizer' block: selfimprove builds the optimizer from train.", tmp_path)
+
+
+def test_an_fsdp_launch_is_refused_not_run_unsharded(tmp_path, write_recipe):
+    out = _launch(tmp_path, write_recipe, "--use_fsdp")
+    _refused(out, "error: FSDP is not supported yet; use DeepSpeed ZeRO-2/3", tmp_path)

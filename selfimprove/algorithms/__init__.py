@@ -72,11 +72,27 @@ class Algorithm:
     needs_groups: Callable[[Any], str | None] = lambda cfg: None
     instruction: Callable[[Any], str] | None = None
 
+    def train_traces(self, traces: list[Trace], cfg) -> list[Trace]:
+        """`prepare`, then, with `algorithm.mask_truncated` (DAPO's overlong filtering, TRL's
+        mask_truncated_completions), without the traces that have an attempt cut at max_new_tokens: they
+        get no loss and no gradient, and their tokens do not count in the aggregation's denominators. They
+        were in the batch when `prepare` computed the advantages, so they still count in group baselines
+        (as in TRL, where only the loss is masked)."""
+        kept = self.prepare(traces, cfg)
+        if getattr(cfg, "mask_truncated", False):  # a user's Config may lack the option: then it is off
+            kept = [tr for tr in kept if not truncated(tr)]
+        return kept
+
     def __post_init__(self):
         fields = {f.name for f in dataclasses.fields(self.Config)}
         missing = {"name", "loss_agg", "loss_constant"} - fields
         if missing:  # a user's algorithm module is input too: one line, not a traceback
             raise UserError(f"algorithm {self.name}: its Config lacks {sorted(missing)} (see Algorithm's docstring)")
+
+
+def truncated(trace: Trace) -> bool:
+    """A trained attempt of the trace was cut at max_new_tokens (finish_reason "length")."""
+    return any(t.trainable and t.finish_reason == "length" for t in trace.turns)
 
 
 def get_algorithm(name: str) -> Algorithm:

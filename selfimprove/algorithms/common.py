@@ -7,9 +7,11 @@ import torch
 from selfimprove.trace import groups
 
 __all__ = ["groups", "frac_all_equal", "group_advantages", "aggregate", "kl_penalty", "clamp_preserve_grad",
-           "choice_errors", "LOSS_AGGREGATIONS", "KL_ESTIMATORS"]
+           "choice_errors", "LOSS_AGGREGATIONS", "KL_ESTIMATORS", "MASK_TRUNCATED_HELP"]
 
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean", "dr-grpo", "constant")
+MASK_TRUNCATED_HELP = ("no loss on traces with an attempt cut at max_new_tokens (DAPO's overlong filtering); "
+                       "they still count in group baselines")
 KL_ESTIMATORS = ("k1", "k3")
 
 

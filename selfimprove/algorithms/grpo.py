@@ -21,6 +21,7 @@ from selfimprove.algorithms import Algorithm
 from selfimprove.algorithms.common import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    MASK_TRUNCATED_HELP,
     choice_errors,
     group_advantages,
     groups,
@@ -38,6 +39,7 @@ class Config:
     std: str = opt("sample", "sample (unbiased, TRL/verl) | population")
     loss_agg: str = opt("token-mean", "token-mean | seq-mean | dr-grpo | constant")
     loss_constant: float = opt(1000.0, "divisor for loss_agg = constant")
+    mask_truncated: bool = opt(False, MASK_TRUNCATED_HELP)
     kl_coef: float = opt(0.0, "beta; > 0 loads a frozen reference model")
     kl_estimator: str = opt("k3", "k1 | k3")
     filter_groups: bool = opt(False, "drop groups with all-equal rewards (zero advantage)")

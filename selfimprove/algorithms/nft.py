@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from selfimprove.algorithms import Algorithm
-from selfimprove.algorithms.common import choice_errors, clamp_preserve_grad, groups
+from selfimprove.algorithms.common import MASK_TRUNCATED_HELP, choice_errors, clamp_preserve_grad, groups
 from selfimprove.options import opt
 from selfimprove.rollout import is_correct
 
@@ -42,6 +42,7 @@ class Config:
     filter_groups: bool = opt(True, "drop groups whose samples are all correct or all wrong")
     loss_agg: str = opt("token-mean", "token-mean | seq-mean | constant")
     loss_constant: float = opt(1000.0, "divisor for loss_agg = constant (the code's /1000)")
+    mask_truncated: bool = opt(False, MASK_TRUNCATED_HELP)
 
 
 def check(cfg: Config) -> list[str]:

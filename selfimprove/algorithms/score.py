@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from selfimprove.algorithms import Algorithm
-from selfimprove.algorithms.common import KL_ESTIMATORS, LOSS_AGGREGATIONS, choice_errors, groups, kl_penalty
+from selfimprove.algorithms.common import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    MASK_TRUNCATED_HELP,
+    choice_errors,
+    groups,
+    kl_penalty,
+)
 from selfimprove.options import opt
 
 META_KEYS = ("score.kl1", "score.kl2")
@@ -42,6 +49,7 @@ class Config:
     instruction: str = opt("score", "score | reask | any text ({question} is replaced)")
     loss_agg: str = opt("token-mean", "token-mean | seq-mean | dr-grpo | constant")
     loss_constant: float = opt(1000.0, "divisor for loss_agg = constant")
+    mask_truncated: bool = opt(False, MASK_TRUNCATED_HELP)
 
 
 def check(cfg: Config) -> list[str]:

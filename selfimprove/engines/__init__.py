@@ -39,9 +39,10 @@ def backend_class(backend: str) -> type:
 
 
 def make_engine(backend: str, model, tokenizer, seed: int = 0, *, gen=None, model_path: str | None = None,
-                dtype: str = "float32", accelerator=None, lora_r: int = 0):
+                dtype: str = "float32", accelerator=None, lora_r: int = 0, hub: dict | None = None):
     """`model` is the trainer's (unwrapped) model: the hf engine samples from it, the vLLM engines
-    receive its weights. `gen` (a GenerationConfig) carries the vLLM settings."""
+    receive its weights. `gen` (a GenerationConfig) carries the vLLM settings; `hub` the model's
+    revision and trust_remote_code (the colocated vLLM engine loads model_path itself)."""
     cls = backend_class(backend)
     if backend == "hf":
         return cls(model, tokenizer, seed=seed)
@@ -56,5 +57,5 @@ def make_engine(backend: str, model, tokenizer, seed: int = 0, *, gen=None, mode
         return cls(model, tokenizer, model_path=model_path, gen=gen, dtype=dtype, seed=seed,
                    rank=accelerator.process_index if accelerator else 0,
                    local_rank=accelerator.local_process_index if accelerator else 0,
-                   world=accelerator.num_processes if accelerator else 1, lora_r=lora_r)
+                   world=accelerator.num_processes if accelerator else 1, lora_r=lora_r, hub=hub)
     return cls(model, tokenizer, gen=gen, accelerator=accelerator, seed=seed, lora_r=lora_r)

@@ -6,7 +6,7 @@ contract alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 
@@ -17,6 +17,20 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 16
     batch_size: int = 512  # sequences per forward batch
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off; over the prompt's and the completion's tokens (vLLM, transformers)
+    # a completion ends with the token that completes the first of these strings (finish_reason "stop"); the
+    # string stays in the completion, so its text is the decoding of exactly the token ids trained on
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, cfg, **override) -> Sampling:
+        """The settings of a recipe section (GenerationConfig, EvalConfig: every field it has), then `override`."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
+        values.update(override)
+        values["stop"] = tuple(values.get("stop") or ())
+        return cls(**values)
 
 
 @dataclass

@@ -11,19 +11,30 @@ sequence has produced EOS, and prefills each prompt once for its n samples.
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+from transformers import (
+    DynamicCache,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    StopStringCriteria,
+    TopKLogitsWarper,
+)
 
 from selfimprove.engines.base import Sample, Sampling
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator,
-                 uniforms: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw one token per row from [B, V] logits with temperature and nucleus (top-p) filtering.
-    With `uniforms` ([B] in [0, 1)) each row is drawn by inverse CDF from its own number, so a row's
-    token does not depend on which other rows share the batch (or the process)."""
+                 uniforms: torch.Tensor | None = None, top_k: int = 0, min_p: float = 0.0) -> torch.Tensor:
+    """Draw one token per row from [B, V] logits with temperature, then top-k, min-p and nucleus (top-p)
+    filtering (transformers' order). With `uniforms` ([B] in [0, 1)) each row is drawn by inverse CDF from
+    its own number, so a row's token does not depend on which other rows share the batch (or the process)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scores = logits / temperature
+    if top_k > 0:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if min_p > 0:
+        scores = MinPLogitsWarper(min_p)(None, scores)
+    probs = torch.softmax(scores, dim=-1)
     if top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         # drop a token when the mass before it already reaches top_p (the first token always stays)
@@ -32,7 +43,9 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     if uniforms is not None:
         cdf = probs.cumsum(-1)
-        return torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+        # right side: the first token whose cdf exceeds u, so a filtered (zero-probability) token is never drawn
+        u = (uniforms * cdf[:, -1])[:, None]
+        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -49,6 +62,8 @@ def row_uniforms(seeds: list[int], n: int, steps: int, device) -> torch.Tensor:
 class HFEngine:
     def __init__(self, model, tokenizer, seed: int = 0):
         self.model = model
+        self.tokenizer = tokenizer
+        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}  # built once per set of stop strings
         self.eos_id = tokenizer.eos_token_id
         # every end-of-turn id: Qwen and Llama-3 configs list several (e.g. <|im_end|> and <|endoftext|>)
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -114,16 +129,33 @@ class HFEngine:
         next_pos = pos[:, -1:].repeat_interleave(n, dim=0) + 1
         B = P * n
         finished = torch.zeros(B, dtype=torch.bool, device=device)
+        end = torch.full((B,), -1, dtype=torch.long, device=device)  # the step at which each row stopped
         stop = torch.tensor(self.stop_ids, device=device)
+        stop_strings = self._stop_strings(sp.stop)
+        # repetition penalty: over the prompt's tokens and the completion's; padding is replaced by the row's
+        # last prompt token (left padding: column L-1 is always real), which the penalty already counts
+        seen = None
+        if sp.repetition_penalty != 1:
+            rows = ids.repeat_interleave(n, dim=0)
+            seen = torch.where(mask.bool(), rows, rows[:, -1:])
         toks, lps = [], []
         u = row_uniforms(seeds, n, sp.max_new_tokens, device) if seeds is not None and sp.temperature > 0 else None
         for t in range(sp.max_new_tokens):
-            nxt = sample_token(logits, sp.temperature, sp.top_p, self.generator, None if u is None else u[:, t])
+            scores = logits if seen is None else RepetitionPenaltyLogitsProcessor(sp.repetition_penalty)(seen, logits)
+            nxt = sample_token(scores, sp.temperature, sp.top_p, self.generator, None if u is None else u[:, t],
+                               sp.top_k, sp.min_p)
+            # the log-prob under the unmodified policy (no temperature, filtering or penalty): pi_old
             lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
             nxt = torch.where(finished, torch.full_like(nxt, self.pad_id), nxt)
             toks.append(nxt)
             lps.append(lp)
-            finished = finished | torch.isin(nxt, stop)
+            if seen is not None:
+                seen = torch.cat([seen, nxt[:, None]], dim=1)
+            ends = torch.isin(nxt, stop)
+            if stop_strings is not None:  # a stop string completed by this token (in the completion only)
+                ends = ends | stop_strings(torch.stack(toks, 1), None).to(device)
+            end = torch.where(~finished & ends, torch.full_like(end, t), end)
+            finished = finished | ends
             if bool(finished.all()):
                 break
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
@@ -135,13 +167,15 @@ class HFEngine:
             model.train()
         tok_rows = torch.stack(toks, 1).tolist()
         lp_rows = torch.stack(lps, 1).tolist()
-        result = []
-        stops = set(self.stop_ids)
-        for trow, lrow in zip(tok_rows, lp_rows):
-            hit = next((j for j, t in enumerate(trow) if t in stops), None)
-            if hit is not None:
-                k = hit + 1
-                result.append(Sample(trow[:k], lrow[:k], "stop"))
-            else:
-                result.append(Sample(trow, lrow, "length"))
-        return result
+        return [Sample(trow[: e + 1], lrow[: e + 1], "stop") if e >= 0 else Sample(trow, lrow, "length")
+                for trow, lrow, e in zip(tok_rows, lp_rows, end.tolist())]
+
+    def _stop_strings(self, stop: tuple[str, ...]) -> StopStringCriteria | None:
+        """transformers' stop-string matcher (it finds a string spread over several tokens, or ending inside the
+        last one), built once per set of strings: it preprocesses the whole vocabulary."""
+        if not stop:
+            return None
+        key = tuple(stop)
+        if key not in self._stop_criteria:
+            self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
+        return self._stop_criteria[key]

@@ -61,10 +61,21 @@ def _keep_cpu_linear_weights() -> None:
     layer_utils.dispatch_cpu_unquantized_gemm = keep_weights  # vLLM imports it inside the call: patch seen
 
 
+def processing(sp: Sampling) -> dict:
+    """vLLM's names for the sampling options (SamplingParams and the server's completions request alike). The stop
+    string stays in the output, as the HF engine keeps it: the text is then the decoding of the token ids (vLLM's
+    token ids always run to the token that completed the stop string)."""
+    out = {"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k if sp.top_k > 0 else -1,
+           "min_p": sp.min_p, "repetition_penalty": sp.repetition_penalty}
+    if sp.stop:
+        out.update(stop=list(sp.stop), include_stop_str_in_output=True)
+    return out
+
+
 class VLLMEngine:
     generator = None  # vLLM's sampler streams are seeded per prompt: nothing to checkpoint
     def __init__(self, model, tokenizer, *, model_path: str, gen, dtype: str, seed: int = 0,
-                 rank: int = 0, local_rank: int = 0, world: int = 1, lora_r: int = 0):
+                 rank: int = 0, local_rank: int = 0, world: int = 1, lora_r: int = 0, hub: dict | None = None):
         """`model`: the trainer's (unwrapped) model, whose weights `load_weights` pushes."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GB of KV cache on CPU builds
@@ -83,7 +94,9 @@ class VLLMEngine:
         self.lora = lora_r > 0
         self.sleep_level = 2 if gen.sleep and current_platform.is_sleep_mode_available() else 0
         self.sleeping = False
-        kwargs = {}
+        kwargs = dict(hub or {})  # revision, trust_remote_code: LLM's own arguments of the same names
+        if hub and hub.get("revision"):
+            kwargs["tokenizer_revision"] = hub["revision"]
         if world > 1:  # one engine per process, joined to the launcher's ranks (TRL's colocate mode)
             os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -165,9 +178,10 @@ class VLLMEngine:
         self.wake()
         if self.lora and self.lora_request is None:
             self.load_weights()  # the adapter starts as the trainer's (zero update: base model)
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, logprobs=0, stop_token_ids=self.stop_ids,
-                                 detokenize=False, seed=None if seeds is None else seeds[i] % (1 << 63))
+        params = [SamplingParams(n=sampling.n, max_tokens=sampling.max_new_tokens, logprobs=0,
+                                 stop_token_ids=self.stop_ids, **processing(sampling),
+                                 detokenize=bool(sampling.stop),  # stop strings are matched on the text
+                                 seed=None if seeds is None else seeds[i] % (1 << 63))
                   for i in range(len(prompts))]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
                                  lora_request=self.lora_request)

@@ -31,6 +31,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from selfimprove.engines.base import Sample, Sampling
+from selfimprove.engines.vllm_colocate import processing
 from selfimprove.engines.weights import weight_buckets
 from selfimprove.errors import UserError
 
@@ -132,9 +133,9 @@ class VLLMServerEngine:
 
     # ---- sampling -----------------------------------------------------------------------------
     def _request(self, prompt: list[int], sp: Sampling, seed: int | None) -> list[Sample]:
-        payload = {"model": self.client.model, "prompt": prompt, "n": sp.n, "temperature": sp.temperature,
-                   "top_p": sp.top_p, "max_tokens": sp.max_new_tokens, "logprobs": 0,
-                   "return_token_ids": True, "return_tokens_as_token_ids": True}
+        payload = {"model": self.client.model, "prompt": prompt, "n": sp.n, **processing(sp),
+                   "max_tokens": sp.max_new_tokens, "logprobs": 0, "return_token_ids": True,
+                   "return_tokens_as_token_ids": True}
         if seed is not None:
             payload["seed"] = seed % (1 << 63)
         choices = sorted(self._post("/v1/completions", payload)["choices"], key=lambda c: c["index"])

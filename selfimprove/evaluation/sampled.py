@@ -6,6 +6,8 @@ Each samples through `rollout` and scores with the recipe's rewards (`reward.sco
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from reward import score
 from selfimprove.data import Example
 from selfimprove.engines.base import Sampling
@@ -17,8 +19,7 @@ from selfimprove.trace import Trace
 
 def evaluate(engine, tokenizer, examples: list[Example], rewards, eval_cfg, ctx, max_prompt_tokens: int = 512):
     """One answer per example (greedy by default); returns (accuracy under eval_cfg.reward, traces)."""
-    sampling = Sampling(n=1, temperature=eval_cfg.temperature, top_p=1.0, max_new_tokens=eval_cfg.max_new_tokens,
-                        batch_size=eval_cfg.batch_size)
+    sampling = Sampling.of(eval_cfg, n=1)  # eval.n counts problems, not samples
     traces = sample(engine, tokenizer, examples, sampling, tag="eval", max_prompt_tokens=max_prompt_tokens)
     score(traces, rewards, ctx)
     correct = [is_correct(tr, eval_cfg.reward, eval_cfg.correct_threshold) for tr in traces]
@@ -29,8 +30,7 @@ def best_of_n(engine, tokenizer, examples: list[Example], verifier, picker, k: i
               max_prompt_tokens: int = 512) -> tuple[dict, list[Trace]]:
     """Best-of-k with a picker reward (a trained judge, a reward model, the policy's self-judge): k samples
     per problem, the picker's highest-scored one is the answer; the verifier decides correctness."""
-    sampling = Sampling(n=k, temperature=eval_cfg.temperature, top_p=1.0, max_new_tokens=eval_cfg.max_new_tokens,
-                        batch_size=eval_cfg.batch_size)
+    sampling = Sampling.of(eval_cfg, n=k)
     traces = sample(engine, tokenizer, examples, sampling, tag="bon", max_prompt_tokens=max_prompt_tokens)
     score(traces, [verifier, picker], ctx)
     correct = {tr.id: is_correct(tr, verifier.name, eval_cfg.correct_threshold) for tr in traces}
@@ -45,8 +45,7 @@ def evaluate_two_turn(engine, tokenizer, examples, rewards, ctx, k: int, samplin
     if k < 1:
         raise UserError(f"k must be >= 1, got {k}")
     name = rewards[0].name
-    first = Sampling(n=k, temperature=sampling.temperature, top_p=sampling.top_p,
-                     max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size)
+    first = replace(sampling, n=k)
     traces = two_turn(engine, tokenizer, examples, first, instruction, lambda t: score(t, rewards, ctx), tag="sc",
                       max_prompt_tokens=max_prompt_tokens, reward=name)
     for tr in traces:

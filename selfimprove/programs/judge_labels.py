@@ -79,8 +79,7 @@ def build_labels(traces, policy, tokenizer, embedder, verifier=None, teacher_tem
 def answer_and_label(policy, tokenizer, embedder, verifier, examples, recipe, seed: int, tag: str) -> list:
     """The policy's sampled answers to `examples` (generation.n each) with their Self-J labels in meta."""
     cfg, g = recipe.algorithm, recipe.generation
-    sampling = Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                        batch_size=g.batch_size)
+    sampling = Sampling.of(g)
     engine = make_engine("hf", policy, tokenizer, seed=seed)
     traces = sample(engine, tokenizer, examples, sampling, tag=tag, max_prompt_tokens=recipe.data.max_prompt_tokens)
     build_labels(traces, policy, tokenizer, embedder, verifier, cfg.teacher_template, cfg.w_self, cfg.w_cos,

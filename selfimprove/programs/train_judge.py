@@ -35,7 +35,7 @@ from selfimprove.errors import UserError
 from selfimprove.evaluation.metrics import judge_report
 from selfimprove.optim import make_optimizer, make_scheduler
 from selfimprove.options import opt
-from selfimprove.policy import add_lora, context_length, load_model, load_tokenizer, resolve_model_path
+from selfimprove.policy import add_lora, context_length, hub_options, load_model, load_tokenizer, resolve_model_path
 from selfimprove.programs import FitConfig, Program, ProgramRecipe, SamplingConfig, check_program_recipe
 from selfimprove.programs.judge_labels import DEFAULT_EMBEDDER, answer_and_label, load_embedder
 from selfimprove.rollout import CORRECT_THRESHOLD
@@ -274,9 +274,9 @@ def label_answers(recipe, acc, say) -> tuple:
     verifier = build_rewards([RewardSpec(fn=cfg.verifier, kwargs=cfg.verifier_kwargs)])[0] if cfg.verifier else None
     embedder = load_embedder(cfg.embedding_model, device=str(acc.device))
     path = resolve_model_path(recipe.model.path, log=say)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, **hub_options(recipe.model))
     sj.digit_token_ids(tokenizer)
-    model = load_model(path, "float32").to(acc.device)  # master weights; model.dtype sets autocast
+    model = load_model(path, "float32", recipe.model).to(acc.device)  # master weights; model.dtype sets autocast
     if cfg.policy is None:
         policy, p_tok = model, tokenizer  # the judge starts from the policy itself
     else:

@@ -55,7 +55,7 @@ from selfimprove.errors import UserError
 from selfimprove.evaluation.metrics import best_of_n_stats
 from selfimprove.evaluation.report import summary_table
 from selfimprove.options import opt
-from selfimprove.policy import load_model, load_tokenizer, resolve_model_path
+from selfimprove.policy import hub_options, load_model, load_tokenizer, resolve_model_path
 from selfimprove.programs import FitConfig, Program, ProgramRecipe, SamplingConfig, check_program_recipe
 from selfimprove.rollout import CORRECT_THRESHOLD, is_correct, sample
 from selfimprove.runlog import RunLog
@@ -246,9 +246,8 @@ def collect_self_data(recipe, path: str, tokenizer, log):
     if heldout is None:
         examples, heldout = split_by_prompt(examples, lambda ex: json.dumps(ex.prompt), cfg.eval_share, recipe.seed)
     heldout = heldout[: cfg.n_eval]
-    engine = make_engine("hf", load_model(path, "float32"), tokenizer, seed=recipe.seed)
-    sampling = Sampling(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                        batch_size=g.batch_size)
+    engine = make_engine("hf", load_model(path, "float32", recipe.model), tokenizer, seed=recipe.seed)
+    sampling = Sampling.of(g)
     pairs, used, chunk = [], 0, max(1, g.batch_size // g.n)
     while len(pairs) < cfg.n_pairs and used < len(examples):
         traces, correct = sample_and_verify(engine, tokenizer, examples[used : used + chunk], sampling, verifier,
@@ -259,7 +258,7 @@ def collect_self_data(recipe, path: str, tokenizer, log):
     if not pairs:
         raise UserError("no prompt had both a correct and an incorrect sample: no preference pairs")
     held_traces, held_correct = sample_and_verify(engine, tokenizer, heldout, sampling, verifier, recipe, "heldout")
-    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+    greedy = Sampling.of(g, n=1, temperature=0.0)
     _, greedy_correct = sample_and_verify(engine, tokenizer, heldout, greedy, verifier, recipe, "greedy")
     return pairs[: cfg.n_pairs], held_traces, held_correct, sum(greedy_correct.values()) / max(len(heldout), 1)
 
@@ -377,7 +376,7 @@ def train(recipe, log=print) -> dict:
     accelerator = make_accelerator(recipe.model.dtype)  # a fresh accelerate state when the precision changed
     run = RunLog(recipe, enabled=accelerator.is_main_process)  # the run folder is checked before any work
     path = resolve_model_path(recipe.model.path, log=log)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, **hub_options(recipe.model))
     train_pairs, held_pairs, extras = load_data(recipe, path, tokenizer, log)
     margin = cfg.margin_scale if cfg.margin == "data" else None
     train_rows, dropped = encode_pairs(tokenizer, train_pairs, cfg.max_length, margin)

@@ -1,11 +1,14 @@
+import re
+
 import pytest
 import torch
 
 from selfimprove.batch import collate, token_logprobs
-from selfimprove.config import DataConfig
+from selfimprove.config import DataConfig, GenerationConfig, check_generation
 from selfimprove.data import Example, load_examples
 from selfimprove.engines import Sample, Sampling
 from selfimprove.engines.hf import HFEngine, sample_token
+from selfimprove.errors import UserError
 from selfimprove.policy import load_model, load_tokenizer
 from selfimprove.rollout import make_traces, sample
 
@@ -132,3 +135,82 @@ def test_any_object_with_the_engine_methods_is_an_engine(mini_model):
     traces = sample(EchoEngine(), tok, examples, Sampling(n=2), tag="e", max_prompt_tokens=64)
     assert [t.id for t in traces] == ["e-0-0", "e-0-1", "e-1-0", "e-1-1", "e-2-0", "e-2-1"]
     assert all(t.completion.token_ids == [t.turns[0].token_ids[-1]] and t.completion.trainable for t in traces)
+
+
+def test_top_k_and_min_p_filter_before_sampling():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(1000, 1)
+    u = (torch.arange(1000, dtype=torch.float32) + 0.5) / 1000
+    top2 = sample_token(logits, 1.0, 1.0, None, u, top_k=2)  # 0.5 and 0.3 renormalised: 0.625 / 0.375
+    assert torch.bincount(top2, minlength=4).tolist() == [625, 375, 0, 0]
+    # min_p 0.25: tokens below 0.25 x 0.5 = 0.125 go (0.05), the rest renormalised over 0.95
+    minp = torch.bincount(sample_token(logits, 1.0, 1.0, None, u, min_p=0.25), minlength=4).tolist()
+    assert minp[3] == 0 and minp[:3] == [round(1000 * p / 0.95) for p in (0.5, 0.3, 0.15)]
+    # top_k 0 and -1 are off
+    assert torch.equal(sample_token(logits, 1.0, 1.0, None, u, top_k=0), sample_token(logits, 1.0, 1.0, None, u, top_k=-1))
+
+
+def test_top_k_1_sampling_is_greedy(mini_model):
+    model, tok = load(mini_model)
+    p = prompts(tok)
+    engine = HFEngine(model, tok, seed=0)
+    greedy = engine.generate(p, Sampling(n=1, temperature=0, max_new_tokens=8))
+    sampled = engine.generate(p, Sampling(n=4, temperature=1.5, top_k=1, max_new_tokens=8), seeds=[1, 2, 3])
+    unfiltered = engine.generate(p, Sampling(n=4, temperature=1.5, max_new_tokens=8), seeds=[1, 2, 3])
+    for g, s, free in zip(greedy, sampled, unfiltered):
+        for x in s:
+            assert x.token_ids == g[0].token_ids and x.logprobs == pytest.approx(g[0].logprobs, abs=1e-5)
+    assert {tuple(x.token_ids) for g in unfiltered for x in g} != {tuple(g[0].token_ids) for g in greedy}
+
+
+def test_a_stop_string_cuts_the_completion_after_it(mini_model):
+    model, tok = load(mini_model)
+    p = prompts(tok)
+    engine = HFEngine(model, tok, seed=0)
+    full = [g[0] for g in engine.generate(p, Sampling(n=1, temperature=0, max_new_tokens=8))]
+    texts = [tok.decode(s.token_ids, skip_special_tokens=True) for s in full]
+    # a two-character stop string that one completion contains (spread over two tokens) and another does not
+    stop = next(t[i : i + 2] for t in texts for i in range(len(t) - 1) if sum(t[i : i + 2] in u for u in texts) == 1)
+    cut = [g[0] for g in engine.generate(p, Sampling(n=1, temperature=0, max_new_tokens=8, stop=(stop,)))]
+    for whole, s, text in zip(full, cut, texts):
+        if stop in text:
+            k = next(k for k in range(1, len(whole.token_ids) + 1) if stop in tok.decode(whole.token_ids[:k]))
+            assert s.token_ids == whole.token_ids[:k] and s.finish_reason == "stop"
+            assert tok.decode(s.token_ids).endswith(stop) and tok.eos_token_id not in s.token_ids
+            assert s.logprobs == pytest.approx(whole.logprobs[:k], abs=1e-6)  # ids and log-probs cut alike
+        else:
+            assert s.token_ids == whole.token_ids and s.finish_reason == whole.finish_reason
+    assert sum(stop in t for t in texts) == 1
+
+
+def test_repetition_penalty_matches_transformers_and_ignores_padding(mini_model):
+    model, tok = load(mini_model)
+    p = prompts(tok, ("12+35=", "7*8=", "99-10=", "664+0=", "1+1="))
+    engine = HFEngine(model, tok, seed=0)
+    sp = Sampling(n=1, temperature=0, max_new_tokens=8, repetition_penalty=3.0)
+    ours = engine.generate(p, sp)  # one padded batch
+    plain = engine.generate(p, Sampling(n=1, temperature=0, max_new_tokens=8))
+    for ids, group in zip(p, ours):
+        ref = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8, repetition_penalty=3.0,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        if tok.eos_token_id in ref:
+            ref = ref[: ref.index(tok.eos_token_id) + 1]
+        assert group[0].token_ids == ref
+    assert [g[0].token_ids for g in ours] != [g[0].token_ids for g in plain]
+    seeded = Sampling(n=3, temperature=1.0, max_new_tokens=8, repetition_penalty=3.0)
+    a, b = engine.generate(p, seeded, seeds=list(range(5))), engine.generate(p, seeded, seeds=list(range(5)))
+    assert [[s.token_ids for s in g] for g in a] == [[s.token_ids for s in g] for g in b]
+    free = engine.generate(p, Sampling(n=3, temperature=1.0, max_new_tokens=8), seeds=list(range(5)))
+    assert [[s.token_ids for s in g] for g in a] != [[s.token_ids for s in g] for g in free]
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("top_k", -2, "generation.top_k must be >= -1, got -2"),
+    ("min_p", 1.5, "generation.min_p must be in [0, 1], got 1.5"),
+    ("repetition_penalty", 0.0, "generation.repetition_penalty must be > 0, got 0.0"),
+    ("stop", ["\n", ""], "generation.stop[1] is an empty string"),
+])
+def test_generation_option_ranges_are_one_line(key, value, msg):
+    with pytest.raises(UserError, match="^" + re.escape(msg)):
+        check_generation(GenerationConfig(**{key: value}))
+    sp = Sampling.of(GenerationConfig(top_k=5, stop=["x"]), n=2)
+    assert (sp.n, sp.top_k, sp.stop, sp.min_p) == (2, 5, ("x",), 0.0)

@@ -77,6 +77,22 @@ def test_seeded_samples_do_not_depend_on_batching(engines, tiny):
     assert len({tuple(s.token_ids) for x in whole for s in x}) > 6  # n samples per prompt differ
 
 
+def test_stop_strings_top_k_and_penalty_match_the_hf_engine(engines, tiny):
+    """The same options give the same completions on both engines: a stop string cuts after the token that
+    completes it (kept in the output, finish_reason stop), top_k=1 is greedy, a repetition penalty applies."""
+    model, engine, hf = engines
+    _, tok, prompts = tiny
+    full = hf.generate(prompts, GREEDY)
+    texts = [tok.decode(g[0].token_ids, skip_special_tokens=True) for g in full]
+    stop = next(t[i : i + 2] for t in texts for i in range(len(t) - 1) if 0 < sum(t[i : i + 2] in u for u in texts) < 6)
+    for sp in (Sampling(n=1, temperature=0, max_new_tokens=8, stop=(stop,)),
+               Sampling(n=2, temperature=1.0, top_k=1, max_new_tokens=8),
+               Sampling(n=1, temperature=0, max_new_tokens=8, repetition_penalty=3.0)):
+        assert_same(engine.generate(prompts, sp, seeds=list(range(len(prompts)))), hf.generate(prompts, sp))
+    cut = engine.generate(prompts, Sampling(n=1, temperature=0, max_new_tokens=8, stop=(stop,)))
+    assert any(g[0].finish_reason == "stop" and tok.decode(g[0].token_ids).endswith(stop) for g in cut)
+
+
 def test_after_a_push_the_engine_follows_the_new_weights_in_few_calls(engines, tiny):
     model, vllm_engine, hf = engines
     prompts = tiny[2]
