@@ -107,6 +107,9 @@ def _generation_inputs(o, rewards_specs: list[RewardSpec], turns: int = 1):
     rewards = build_rewards(rewards_specs)
     path = resolve_model_path(o.model)
     tokenizer, model = load_tokenizer(path, chat_template=False), load_model(path)
+    if turns == 2 and tokenizer.chat_template is None:
+        raise UserError(f"two-turn evaluation extends a conversation, but the tokenizer of {o.model} has no chat "
+                        "template")
     extra = second_turn_tokens(tokenizer, examples, o.instruction) + o.max_new_tokens if turns == 2 else 0
     check_lengths(tokenizer, context_length(model), 10**9,
                   [(examples, o.max_new_tokens, "--max-new-tokens", extra)])

@@ -117,7 +117,8 @@ def read_rows(source, split: str, config: str | None = None, revision: str | Non
         if len(suffixes) > 1 or not suffixes <= set(BUILDERS):
             raise UserError(f"data: {source} matches files of types {', '.join(sorted(suffixes))}; one of "
                             f"{', '.join(BUILDERS)} is needed")
-        rows = _load(BUILDERS[suffixes.pop()], "train", source, data_files=files)
+        suffix = suffixes.pop()
+        rows = _load(BUILDERS[suffix], "train", source, data_files=files, **_options(suffix))
     else:
         path = Path(source)
         if not path.exists():
@@ -126,7 +127,14 @@ def read_rows(source, split: str, config: str | None = None, revision: str | Non
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise UserError(f"data: {source} row {i} is not an object with named fields (got {type(row).__name__})")
-    return rows
+    # datasets gives a row without a column that other rows have that column as None: a null is "not given"
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
+
+
+def _options(suffix: str) -> dict:
+    """CSV cells stay text, as written: pandas' typing would turn an answer 007 into 7, 3.10 into 3.1 and
+    the text None into a null."""
+    return {"dtype": str, "keep_default_na": False, "na_filter": False} if suffix == ".csv" else {}
 
 
 def _load(path: str, split: str, what: str, **kwargs) -> list[dict]:
@@ -165,7 +173,7 @@ def _read_path(path: Path, split: str, config: str | None) -> list:
     if suffix not in BUILDERS:
         raise UserError(f"data: unsupported file type '{suffix}' for {source} (jsonl, json, csv, parquet, a folder)")
     try:
-        rows = list(datasets.load_dataset(BUILDERS[suffix], data_files=source, split="train"))
+        rows = list(datasets.load_dataset(BUILDERS[suffix], data_files=source, split="train", **_options(suffix)))
     except Exception:  # noqa: BLE001 - read again below for a message naming the line
         # datasets' Arrow reader fails on torn lines, non-object rows, or a column whose rows differ in type;
         # the plain reader names the line of the first two, and reads the third as it is

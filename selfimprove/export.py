@@ -84,19 +84,31 @@ def export(ckpt: Path, out: Path, merge_lora: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if merge_lora:  # fp32 merge, then saved in the precision the run saved its weights in
-        dtype = (recipe or {}).get("model", {}).get("dtype") or state.get("run", {}).get("dtype") or "float32"
-        model = from_pretrained(AutoModelForCausalLM, str(src), "export", dtype=torch.float32)
-        save_model(model, tmp, DTYPES[dtype])
-        load_tokenizer(str(src), "export", chat_template=False).save_pretrained(tmp)
-    else:
-        shutil.copytree(src, tmp, ignore=lambda folder, names: [n for n in names if n in NOT_EXPORTED])
-    card = model_card(recipe, summary, state.get("step", summary.get("steps")), adapter, merged=merge_lora)
-    card.save(tmp / "README.md")
+    try:
+        _write(src, tmp, recipe or {}, state, merge_lora)
+        card = model_card(recipe, summary, state.get("step", summary.get("steps")), adapter, merged=merge_lora)
+        card.save(tmp / "README.md")
+    except BaseException:  # nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _write(src: Path, tmp: Path, recipe: dict, state: dict, merge_lora: bool) -> None:
+    if not merge_lora:
+        shutil.copytree(src, tmp, ignore=lambda folder, names: [n for n in names if n in NOT_EXPORTED])
+        return
+    # fp32 merge, then saved in the precision the run saved its weights in; the base loaded as the run loaded
+    # it (model.revision, trust_remote_code), else the adapter would be merged into other weights
+    m = recipe.get("model") or {}
+    options = {k: m[k] for k in ("revision", "trust_remote_code") if m.get(k)}
+    dtype = m.get("dtype") or state.get("run", {}).get("dtype") or "float32"
+    model = from_pretrained(AutoModelForCausalLM, str(src), "export", dtype=torch.float32, **options)
+    save_model(model, tmp, DTYPES[dtype])
+    load_tokenizer(str(src), "export", chat_template=False, **options).save_pretrained(tmp)
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -180,7 +192,12 @@ def write_final(state, log) -> Path | None:
     last = newest(run.path) if run.enabled and recipe.log.save_final else None
     if last is None:
         return None
-    out = export(last[1], run.path / "final", recipe.log.merge_lora_final)
+    try:
+        out = export(last[1], run.path / "final", recipe.log.merge_lora_final)
+    except (UserError, OSError) as e:  # the run succeeded and its checkpoints are whole: a warning, not a failure
+        log(f"warning: could not write {run.path / 'final'} ({e}); the checkpoints are whole: try "
+            f"`selfimprove export {last[1]}`")
+        return None
     log(f"final model: {out}")
     repo = recipe.log.push_to_hub
     if repo:
@@ -207,6 +224,9 @@ def cli_export(checkpoint: str, out: str | None, merge_lora: bool, overwrite: bo
     if out is None and run is None:
         raise UserError(f"export: {checkpoint} is not inside a run folder (runs/NAME/checkpoints/step-N); give --out")
     target = Path(out).expanduser() if out else run / "final"
+    guarded = [ckpt.resolve()] + ([run.resolve()] if run else [])
+    if any(g == target.resolve() or target.resolve() in g.parents for g in guarded):
+        raise UserError(f"export: --out {target} is (or holds) the checkpoint or its run folder; choose another folder")
     check_out(target, overwrite)
     export(ckpt, target, merge_lora)
     print(f"exported {ckpt} to {target}")

@@ -66,7 +66,7 @@ def model_source(path: str, what: str = "model") -> str:
     if p.exists():
         if not ((p / "config.json").is_file() or (p / "adapter_config.json").is_file()):
             raise UserError(f"{what}: {path} is not a Hugging Face model folder (no config.json)")
-        return str(p)
+        return str(p.resolve())  # absolute: a LoRA adapter records it as its base, to be found from anywhere
     looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
     if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError(f"{what}: path does not exist: {path}")

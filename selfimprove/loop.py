@@ -186,7 +186,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
         t2 = time.perf_counter()
         if algo.instruction is not None:  # two-turn methods: attempt 2 after the instruction, scored again
             rollout.add_second_attempt(state.engine, state.tokenizer, traces, algo.instruction(recipe.algorithm),
-                                       sampling_of(recipe.generation))
+                                       sampling_of(recipe.generation), chat_kwargs=recipe.data.chat_template_kwargs)
             t_ext = time.perf_counter()
             score_everywhere(state, traces, step)
             rollout.keep_attempt_reward(traces, 1)

@@ -78,12 +78,12 @@ def instruction_text(name_or_text: str, question: str) -> str:
     return text.replace("{question}", question)
 
 
-def instruction_ids(tokenizer, text: str) -> list[int]:
+def instruction_ids(tokenizer, text: str, **chat_kwargs) -> list[int]:
     """Token ids that follow an assistant turn's EOS and open the next assistant turn with `text`."""
     probe = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
-    before = tokenizer.apply_chat_template(probe, tokenize=False)
+    before = tokenizer.apply_chat_template(probe, tokenize=False, **chat_kwargs)
     after = tokenizer.apply_chat_template(probe + [{"role": "user", "content": text}], tokenize=False,
-                                          add_generation_prompt=True)
+                                          add_generation_prompt=True, **chat_kwargs)
     eos = tokenizer.eos_token
     if not after.startswith(before) or eos not in before:
         raise UserError("the tokenizer's chat template does not extend a conversation by appending; "
@@ -109,7 +109,7 @@ def ended_turn(turn: Turn, engine, tokenizer, sampling: Sampling) -> bool:
 
 
 def add_second_attempt(engine, tokenizer, traces: list[Trace], instruction: str, sampling: Sampling,
-                       reward: str | None = None) -> None:
+                       reward: str | None = None, chat_kwargs: dict | None = None) -> None:
     """Keep attempt 1's (scored) reward on its turn, then append [instruction turn, sampled attempt 2] to
     each single-attempt trace, in place (one sample each). The caller scores the episodes again."""
     keep_attempt_reward(traces, 0, reward)
@@ -117,7 +117,7 @@ def add_second_attempt(engine, tokenizer, traces: list[Trace], instruction: str,
     for tr in traces:
         question = tr.prompt[-1]["content"] if tr.prompt else ""
         text = instruction_text(instruction, question)
-        ids = instruction_ids(tokenizer, text)
+        ids = instruction_ids(tokenizer, text, **(chat_kwargs or {}))  # data.chat_template_kwargs, as turn 1
         if not ended_turn(tr.turns[-1], engine, tokenizer, sampling):  # closed with EOS first
             ids = [tokenizer.eos_token_id] + ids
         instr_turns.append(Turn("user", text, ids))

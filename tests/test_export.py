@@ -124,6 +124,8 @@ def test_export_and_resume_mistakes_are_one_line(tmp_path, write_recipe, capsys)
         (["export", str(ckpt), "--push-to-hub", "me/x", "--out", str(tmp_path / "p")], "HF_HUB_OFFLINE=1 is set"),
         (["export", str(ckpt), "--push-to-hub", "not a repo"], "is not a Hugging Face repo id"),
         (["export", str(ckpt)], "already holds files; choose a new folder or pass --overwrite"),  # final/ exists
+        (["export", str(ckpt), "--out", str(tmp_path / "runs/run"), "--overwrite"], "is (or holds) the checkpoint"),
+        (["export", str(ckpt), "--out", str(tmp_path), "--overwrite"], "is (or holds) the checkpoint"),
         (["train", str(recipe), "log.name=other", "log.merge_lora_final=true"], "set model.lora_r"),
         (["train", str(recipe), "log.name=other", "log.push_to_hub=me/x", "log.save_final=false"],
          "log.push_to_hub acts on final/"),

@@ -7,6 +7,7 @@ import struct
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -107,6 +108,9 @@ def test_flat_config_is_one_level_of_plain_values(write_recipe):
     assert flat["log.report_to"] == '["tensorboard"]'
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
     assert "data.eval" not in flat  # None: left out
+    recipe = load_recipe(write_recipe())
+    recipe.data.train = datasets.Dataset.from_list([{"prompt": "1+1=", "answer": "2"}])  # as in the Python API
+    assert flat_config(recipe)["data.train"] == "<Dataset of 1 rows>"
 
 
 def test_a_tracker_that_is_not_installed_is_one_line_naming_the_package(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from selfimprove.errors import UserError
 from selfimprove.loop import run
 from selfimprove.policy import load_tokenizer
 from selfimprove.recipe import load_recipe
+from selfimprove.rollout import instruction_ids
 
 TEMPLATED = "<|user|>{q}<|end|><|assistant|>"  # the tiny model's own chat format, written out by hand
 
@@ -261,3 +262,35 @@ def test_eval_apply_chat_template_flag(tmp_path, mini_model, problems):
         firsts[name] = [json.loads(x)["turns"][0]["text"] for x in out.read_text().splitlines()]
     assert firsts["raw"] == [q for q, _ in problems]
     assert firsts["forced"] == firsts["chat"] == [TEMPLATED.format(q=q) for q, _ in problems]
+
+
+def test_csv_cells_stay_text_and_missing_columns_are_absent(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,answer,id\n1+1=,007,001\n2+2=,3.10,\n3+3=,None,x\n")
+    ex = load_examples(str(path), DataConfig(), "train")
+    assert [(e.answer, e.id) for e in ex] == [("007", "001"), ("3.10", ""), ("None", "x")]
+    mixed = tmp_path / "m.jsonl"
+    mixed.write_text(json.dumps({"prompt": "a", "answer": 1, "id": "first"}) + "\n" + json.dumps({"prompt": "b", "answer": 2})
+                     + "\n")
+    assert [e.id for e in load_examples(str(mixed), DataConfig(), "train")] == ["first", "data-1"]
+
+
+def test_two_turn_eval_on_a_tokenizer_without_template_is_one_line(tmp_path, mini_model, capsys):
+    base = tmp_path / "base"
+    shutil.copytree(mini_model, base)
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(cfg))
+    for extra in base.glob("chat_template.*"):
+        extra.unlink()
+    code = main(["eval", str(base), "--data", "arith", "--n", "4", "--turns", "2", "--k", "2", "--temperature", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no chat template" in err[0], err
+
+
+def test_second_turn_instruction_renders_with_the_chat_template_kwargs(tok):
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{{ prefix }}{% endif %}")
+    plain, primed = instruction_ids(tok, "Fix it."), instruction_ids(tok, "Fix it.", prefix="Sure:")
+    assert tok.decode(plain) == "<|user|>Fix it.<|endoftext|><|assistant|>"
+    assert tok.decode(primed) == "<|user|>Fix it.<|endoftext|><|assistant|>Sure:"

@@ -29,7 +29,7 @@ from accelerate.utils import gather_object, set_seed
 from reward import build_rewards
 from reward import selfj as sj
 from selfimprove.config import RewardSpec
-from selfimprove.data import get_task, load_examples, require_answers
+from selfimprove.data import get_task, load_examples, require_answers, set_chat_template
 from selfimprove.distributed import accumulation_boundary, empty_backward, global_max, global_sums, make_accelerator
 from selfimprove.errors import UserError
 from selfimprove.evaluation.metrics import judge_report
@@ -274,7 +274,9 @@ def label_answers(recipe, acc, say) -> tuple:
     verifier = build_rewards([RewardSpec(fn=cfg.verifier, kwargs=cfg.verifier_kwargs)])[0] if cfg.verifier else None
     embedder = load_embedder(cfg.embedding_model, device=str(acc.device))
     path = resolve_model_path(recipe.model.path, log=say)
-    tokenizer = load_tokenizer(path, **hub_options(recipe.model))
+    # data.chat_template gives one to a tokenizer that has none (a base model)
+    tokenizer = load_tokenizer(path, chat_template=not recipe.data.chat_template, **hub_options(recipe.model))
+    set_chat_template(tokenizer, recipe.data.chat_template)
     sj.digit_token_ids(tokenizer)
     model = load_model(path, "float32", recipe.model).to(acc.device)  # master weights; model.dtype sets autocast
     if cfg.policy is None:

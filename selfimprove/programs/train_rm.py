@@ -48,14 +48,14 @@ from reward import RewardContext, build_rewards, score
 from reward.reward_model import encode, score_ids
 from selfimprove.algorithms.common import choice_errors
 from selfimprove.config import RewardSpec
-from selfimprove.data import get_task, load_examples, read_rows, require_answers
+from selfimprove.data import get_task, load_examples, read_rows, require_answers, set_chat_template
 from selfimprove.distributed import make_accelerator
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluation.metrics import best_of_n_stats
 from selfimprove.evaluation.report import summary_table
 from selfimprove.options import opt
-from selfimprove.policy import hub_options, load_model, load_tokenizer, resolve_model_path
+from selfimprove.policy import hub_options, load_model, load_tokenizer, model_options, resolve_model_path
 from selfimprove.programs import FitConfig, Program, ProgramRecipe, SamplingConfig, check_program_recipe
 from selfimprove.rollout import CORRECT_THRESHOLD, is_correct, sample
 from selfimprove.runlog import RunLog
@@ -312,7 +312,7 @@ def reward_config(recipe, out_dir: str, world: int):
         gradient_checkpointing=m.gradient_checkpointing, bf16=m.dtype == "bfloat16", fp16=m.dtype == "float16",
         center_rewards_coefficient=cfg.center_rewards_coefficient or None, max_length=None,  # filtered here
         logging_steps=recipe.log.every, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=recipe.seed, use_cpu=not torch.cuda.is_available(), model_init_kwargs={"dtype": "float32"},
+        seed=recipe.seed, use_cpu=not torch.cuda.is_available(), model_init_kwargs={"dtype": "float32", **model_options(m)},
     )
 
 
@@ -376,7 +376,9 @@ def train(recipe, log=print) -> dict:
     accelerator = make_accelerator(recipe.model.dtype)  # a fresh accelerate state when the precision changed
     run = RunLog(recipe, enabled=accelerator.is_main_process)  # the run folder is checked before any work
     path = resolve_model_path(recipe.model.path, log=log)
-    tokenizer = load_tokenizer(path, **hub_options(recipe.model))
+    # data.chat_template gives one to a tokenizer that has none (a base model)
+    tokenizer = load_tokenizer(path, chat_template=not recipe.data.chat_template, **hub_options(recipe.model))
+    set_chat_template(tokenizer, recipe.data.chat_template)
     train_pairs, held_pairs, extras = load_data(recipe, path, tokenizer, log)
     margin = cfg.margin_scale if cfg.margin == "data" else None
     train_rows, dropped = encode_pairs(tokenizer, train_pairs, cfg.max_length, margin)
