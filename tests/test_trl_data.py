@@ -289,8 +289,9 @@ def test_two_turn_eval_on_a_tokenizer_without_template_is_one_line(tmp_path, min
 
 
 def test_second_turn_instruction_renders_with_the_chat_template_kwargs(tok):
-    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    eos = tok.eos_token
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + eos + "{% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|>{{ prefix }}{% endif %}")
     plain, primed = instruction_ids(tok, "Fix it."), instruction_ids(tok, "Fix it.", prefix="Sure:")
-    assert tok.decode(plain) == "<|user|>Fix it.<|endoftext|><|assistant|>"
-    assert tok.decode(primed) == "<|user|>Fix it.<|endoftext|><|assistant|>Sure:"
+    assert tok.decode(plain) == f"<|user|>Fix it.{eos}<|assistant|>"
+    assert tok.decode(primed) == f"<|user|>Fix it.{eos}<|assistant|>Sure:"

@@ -181,3 +181,14 @@ def test_nft_steps_end_to_end_through_vllm(tmp_path, tiny):
                       EvalConfig(n=100, max_new_tokens=8, reward="math_correct"), RewardContext(tok, hf, 0), 512)
     assert summary["accuracy_after"] == pytest.approx(acc)
     assert summary["accuracy_after"] != summary["accuracy_before"] or rows[-1]["grad_norm"] > 0
+
+    # the final export (runs/NAME/final/, a clean HF folder with a model card) loads in vLLM as it is
+    export = run / "final"
+    assert (export / "README.md").is_file() and not (export / "trainer_state.json").exists()
+    prompts = tiny[2]
+    vfinal = make_engine("vllm", load_model(str(export)), tok, gen=GenerationConfig(backend="vllm"),
+                         model_path=str(export), dtype="float32")
+    try:
+        assert_same(vfinal.generate(prompts, GREEDY), hf.generate(prompts, GREEDY))
+    finally:
+        vfinal.close()
