@@ -286,6 +286,12 @@ def restore(ckpt: Path, accelerator, model, optimizer, scheduler, engine) -> dic
     else:
         optimizer.load_state_dict(ts["optimizer"])
     scheduler.load_state_dict(ts["scheduler"])
+    # the rate of the next step from this run's schedule: the saved one was set by the checkpoint's schedule,
+    # which differs where a run continues with a later end (a next round of train.lr_schedule: infinite)
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
     ranks = ts["rng"]
     if len(ranks) != accelerator.num_processes:
         raise UserError(f"train.resume: {ckpt} was saved by {len(ranks)} processes, this run has "

@@ -101,7 +101,8 @@ class OptimConfig:
 
     micro_batch_size: int = opt(64, "sequences per forward/backward (gradient accumulation)")
     lr: float = opt(1e-5, "peak learning rate")
-    lr_schedule: str = opt("constant", "constant | linear | cosine (after warmup)")
+    lr_schedule: str = opt("constant", "constant | linear | cosine (after warmup) | infinite (on-policy recipes: "
+                           "warm-up, cool-down, constant, annealing; see lr_cooldown_steps)")
     warmup_steps: int = opt(0, "optimizer steps of linear warm-up")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     adam_beta1: float = opt(0.9, "AdamW beta1")
@@ -119,6 +120,12 @@ class TrainConfig(OptimConfig):
     resume: str = opt("", "auto: continue the run folder's last whole checkpoint (if any); or a checkpoint folder")
     on_nonfinite: str = opt("stop", "a non-finite loss or gradient norm: stop (keeping the last whole checkpoint) "
                             "or skip the step (counted in metrics as skipped_nonfinite)")
+    lr_cooldown_steps: int = opt(0, "infinite: optimizer steps of the cosine cool-down from lr to "
+                                 "lr * lr_constant_ratio, after the warm-up")
+    lr_constant_ratio: float = opt(0.5, "infinite: the constant phase's rate, a fraction of lr")
+    lr_anneal_steps: int = opt(0, "infinite: the run's last optimizer steps, a linear decay to lr * lr_min_ratio; "
+                               "a checkpoint is saved where it starts, from which the next round continues")
+    lr_min_ratio: float = opt(0.0, "infinite: the rate at the end of the annealing, a fraction of lr")
 
 
 @dataclass
@@ -303,7 +310,10 @@ def check_generation(g: GenerationConfig) -> None:
 
 
 def check_optim(t: OptimConfig) -> None:
-    _first([(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule must be constant, linear or cosine")])
+    infinite = hasattr(t, "lr_anneal_steps")  # the on-policy TrainConfig: rounds continue its constant phase
+    names = "constant, linear, cosine or infinite" if infinite else "constant, linear or cosine"
+    _first([(t.lr_schedule in ("constant", "linear", "cosine") or (infinite and t.lr_schedule == "infinite"),
+             f"train.lr_schedule must be {names}, got {t.lr_schedule!r}")])
     # beta = 1 never forgets (Adam's bias correction divides by 0); max_grad_norm <= 0 would flip or zero the gradient
     check_ranges(t, "train.", {"micro_batch_size": ">=1", "lr": ">0", "warmup_steps": ">=0", "weight_decay": ">=0",
                                "adam_beta1": "[0,1)", "adam_beta2": "[0,1)", "max_grad_norm": ">0",
@@ -348,7 +358,27 @@ def validate(recipe: Recipe) -> None:
     check_processing(e, "eval")
     if t.prompts_per_step * g.n < t.mini_batches:
         raise UserError("train.mini_batches is larger than the number of samples per step")
+    check_infinite(t)
     check_final(recipe.log, recipe.model)
+
+
+def check_infinite(t: TrainConfig) -> None:
+    """The infinite schedule's phases: they must fit the run, and the annealing must start at a rollout step
+    (its checkpoint is where the next round continues)."""
+    check_ranges(t, "train.", {"lr_cooldown_steps": ">=0", "lr_constant_ratio": "(0,1]", "lr_anneal_steps": ">=0",
+                               "lr_min_ratio": "[0,1]"})
+    if t.lr_schedule != "infinite":
+        return
+    total = t.steps * t.mini_batches
+    _first([
+        (t.warmup_steps + t.lr_cooldown_steps + t.lr_anneal_steps <= total,
+         f"train.lr_schedule=infinite: warmup_steps + lr_cooldown_steps + lr_anneal_steps = "
+         f"{t.warmup_steps + t.lr_cooldown_steps + t.lr_anneal_steps} optimizer steps exceed the run's {total}"),
+        (t.lr_anneal_steps % t.mini_batches == 0,
+         f"train.lr_anneal_steps={t.lr_anneal_steps} must be a multiple of train.mini_batches={t.mini_batches} "
+         "(the annealing starts at a rollout step)"),
+        (t.lr_min_ratio <= t.lr_constant_ratio, "train.lr_min_ratio must be <= train.lr_constant_ratio"),
+    ])
 
 
 def check_final(log: RunLogConfig, m: ModelConfig) -> None:

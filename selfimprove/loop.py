@@ -38,6 +38,7 @@ from selfimprove.evaluation.report import plot_run, summary_table
 from selfimprove.export import write_final
 from selfimprove.interrupts import Interrupts
 from selfimprove.logprobs import mismatch_weights, pad_rows, policy_logprobs, reference_logprobs
+from selfimprove.optim import anneal_start
 from selfimprove.progress import progress_bar, progress_line
 from selfimprove.resume import failure, fresh, interrupted, resume, save
 from selfimprove.state import State, setup
@@ -319,7 +320,7 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
                 run.metrics(row)
             if l_cfg.traces_every and (steps_done % l_cfg.traces_every == 0 or steps_done == 1):
                 run.traces(traces[: l_cfg.traces_per_step], steps_done)  # + the trackers' completions table
-            if l_cfg.save_every and steps_done % l_cfg.save_every == 0:
+            if (l_cfg.save_every and steps_done % l_cfg.save_every == 0) or steps_done == anneal_start(t_cfg):
                 save(state, steps_done, elapsed)
             if progress:
                 progress.update(task, advance=1, description=f"reward {row['reward']:.3f}")
