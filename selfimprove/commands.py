@@ -35,6 +35,7 @@ from selfimprove.distributed import set_threads
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.evaluation import best_of_n, evaluate, evaluate_two_turn, load_outcomes
+from selfimprove.evaluation.classification import PREFILL, choice_rows, evaluate_choices, write_rows
 from selfimprove.evaluation.report import metrics_table, plot_self_correction
 from selfimprove.export import cli_export
 from selfimprove.loop import run
@@ -87,7 +88,10 @@ class EvalOptions:
     traces: str | None = opt(None, "write the traces as JSONL here")
     turns: int = opt(1, "2: self-correction (Acc@t1/t2, deltas, CL, CS, RSS)")
     k: int = opt(1, "samples per problem (two-turn evaluation, best-of-k)")
-    instruction: str = opt("reask", "second-turn instruction: reask, score, or any text")
+    instruction: str = opt("reask", "second-turn instruction: reask, score, confidence, critique, or any text")
+    estimator: str = opt("auto", "two-turn: sampled | probabilities (label-token probabilities over the data's "
+                         "choices/labels) | auto: probabilities when the data has a choices or labels column")
+    prefill: str = opt(PREFILL, "probabilities: the assistant reply's prefill before the label token")
     plot: str | None = opt(None, "two-turn: write the outcome plot (PNG) here")
     pick: str | None = opt(None, "best-of-k: the reward that picks one of the k samples (judge_model, reward_model, "
                            "self_judge, ...); reward still decides correctness")
@@ -174,10 +178,22 @@ def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
     check_options(o, {**SAMPLING_RANGES, "k": ">=1"}, ("out", "traces", "plot"))
     checks = [(o.turns in (1, 2), f"--turns must be 1 or 2, got {o.turns}"),
               (not o.pick or o.k >= 2, f"--pick needs --k >= 2 samples per problem, got {o.k}"),
-              (not (o.pick and o.turns == 2), "--pick is best-of-k over first attempts; it does not go with --turns 2")]
+              (not (o.pick and o.turns == 2), "--pick is best-of-k over first attempts; it does not go with --turns 2"),
+              (o.estimator != "probabilities" or o.turns == 2, "--estimator probabilities needs --turns 2")]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    rows = choice_rows(o) if o.turns == 2 else None  # multiple-choice data: label probabilities, no sampling
+    result, traces = evaluate_choices(o, rows) if rows is not None else _eval_sampled(o)
+    if o.turns == 2 and o.plot:
+        plot_self_correction(result, o.plot)
+    _write_json(o.out, result)
+    if o.traces:
+        (write_rows if rows is not None else dump_jsonl)(traces, o.traces)
+    return 0
+
+
+def _eval_sampled(o: EvalOptions):
     specs = [RewardSpec(fn=o.reward)]
     if o.pick:
         specs.append(RewardSpec(fn=o.pick, name=f"pick:{o.pick}", kwargs=o.pick_kwargs))
@@ -188,8 +204,6 @@ def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
         result, traces = evaluate_two_turn(engine, tokenizer, examples, rewards[:1], ctx, o.k, sampling,
                                            o.instruction, threshold=o.correct_threshold)
         print(metrics_table(result, title=f"self-correction: {o.model} on {o.data} (k={o.k}, {o.instruction})"))
-        if o.plot:
-            plot_self_correction(result, o.plot)
     elif o.pick:
         eval_cfg = EvalConfig(n=o.n, max_new_tokens=o.max_new_tokens, temperature=o.temperature or 1.0,
                               correct_threshold=o.correct_threshold)
@@ -203,10 +217,7 @@ def cmd_eval(o: EvalOptions, overrides: list[str]) -> int:
         acc, traces = evaluate(engine, tokenizer, examples, rewards, eval_cfg, ctx)
         result = {"model": o.model, "data": o.data, "n": len(examples), "reward": o.reward, "accuracy": acc}
         print(f"accuracy {acc:.1%} on {len(examples)} problems of {o.data} ({o.reward})")
-    _write_json(o.out, result)
-    if o.traces:
-        dump_jsonl(traces, o.traces)
-    return 0
+    return result, traces
 
 
 # --------------------------------------------------------------------------- metrics
@@ -242,7 +253,7 @@ class CCTOptions:
     rows: int = opt(400, "rows in the mixture")
     keep_share: float = opt(0.4, "share of keep-a-correct-answer (CLT) rows")
     plain_share: float = opt(0.0, "share of plain SFT rows (SFT + CCT)")
-    instruction: str = opt("reask", "second-turn instruction: reask, score, or any text")
+    instruction: str = opt("reask", "second-turn instruction: reask, score, confidence, critique, or any text")
     reward: str = opt("math_correct", "the reward that decides correctness")
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
     prompt_column: str = opt("prompt", "column with the prompt")

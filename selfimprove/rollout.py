@@ -33,7 +33,14 @@ SCORE_INSTRUCTION = (
     "Please correct the error, if any, and rewrite the solution."
 )
 REASK = "{question}"  # "Reask" (Yang et al., arXiv 2412.19513): the second user turn repeats the question
-INSTRUCTIONS = {"score": SCORE_INSTRUCTION, "reask": REASK}
+# The same paper's "Confidence" (reassure, keep a right answer) and "Critique" (doubt, look for the error)
+# prompts. Their exact wording is in neither the reference code nor a retrievable copy of the paper: these
+# are reconstructions of what the paper describes, kept short so a label answer can follow.
+CONFIDENCE = ("{question}\nYour previous answer is probably correct. Keep it if you are confident in it, and "
+              "change it only if you find a clear mistake.")
+CRITIQUE = ("{question}\nAre you sure? Think carefully about whether your previous answer is wrong, and correct "
+            "it if it is.")
+INSTRUCTIONS = {"score": SCORE_INSTRUCTION, "reask": REASK, "confidence": CONFIDENCE, "critique": CRITIQUE}
 
 
 def passes(value: float | None, threshold: float = CORRECT_THRESHOLD) -> bool:

@@ -5,6 +5,7 @@
     metrics.py   the math, pure: pass@k, Acc@t1/t2, deltas, CL/CS/RSS, edit ratio, best-of-N statistics,
                  judge correlations and selective accuracy
     outcomes.py  self-correction metrics recomputed from files (`selfimprove metrics`)
+    classification.py  CL/CS/RSS of multiple-choice data from label-token probabilities (no sampling)
     report.py    console tables and PNG plots
 """
 

@@ -1,6 +1,8 @@
 """Self-correction metrics recomputed offline (`selfimprove metrics`): from a traces file written by
 `selfimprove eval --turns 2 --traces`, or from minimal rows `{"problem", "correct1", "correct2"}`
-written by any other system (groups may differ in size).
+written by any other system (groups may differ in size), or from label-probability rows
+`{"p1": [...], "p2": [[...], ...], "gold": ...}` (`eval --turns 2` on multiple-choice data writes them;
+`classification.label_metrics`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from collections import defaultdict
 
 from selfimprove.data import jsonl_objects
 from selfimprove.errors import UserError
+from selfimprove.evaluation.classification import label_metrics, probability_row
 from selfimprove.evaluation.metrics import edit_ratio, self_correction
 from selfimprove.rollout import CORRECT_THRESHOLD, passes
 
@@ -19,7 +22,10 @@ def load_outcomes(path: str, threshold: float = CORRECT_THRESHOLD) -> dict:
     """Metrics from a JSONL file of traces (two assistant turns with rewards) or minimal rows."""
     groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     edits: list[float] = []
-    for no, row in jsonl_objects(path, "metrics"):
+    rows = jsonl_objects(path, "metrics")
+    if rows and "p1" in rows[0][1]:  # label probabilities, one row per problem
+        return label_metrics([probability_row(row, path, no) for no, row in rows])
+    for no, row in rows:
         if "turns" in row:
             problem, c1, c2, texts = _from_trace(row, path, no, threshold)
             edits.append(edit_ratio(*texts))
