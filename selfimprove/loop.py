@@ -53,8 +53,9 @@ def sample_step(state: State, step: int, extra: int = 0):
     random stream per (seed, global prompt position): the same samples with 1 or N processes. `extra` > 0:
     a refill round (dynamic.py), the next prompts_per_step prompts of the stream (state.data_offset)."""
     t, acc = state.recipe.train, state.accelerator
-    first = (step + extra) * t.prompts_per_step + state.data_offset + acc.process_index * (t.prompts_per_step // acc.num_processes)
-    examples = [state.train_examples[first + i] for i in range(t.prompts_per_step // acc.num_processes)]
+    share = t.prompts_per_step // acc.num_processes
+    first = (step + extra) * t.prompts_per_step + state.data_offset + acc.process_index * share
+    examples = [state.train_examples[first + i] for i in range(share)]
     seeds = [state.recipe.seed * 1_000_000_007 + first + i for i in range(len(examples))]
     return rollout.sample(state.engine, state.tokenizer, examples, sampling_of(state.recipe.generation),
                           tag=f"s{step}{f'.{extra}' if extra else ''}-r{acc.process_index}",
