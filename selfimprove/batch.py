@@ -56,9 +56,13 @@ def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.
 def token_logprobs(model, batch, stats: dict | None = None) -> torch.Tensor:
     """log pi(target token) for every target column: [B, L - 1], float32. With `stats`, the policy's entropy
     over the trained tokens (batch["mask"]) is added to stats["entropy_sum"] and their count to
-    stats["entropy_tokens"], from the same log-probabilities (no second forward pass)."""
+    stats["entropy_tokens"], from the same log-probabilities (no second forward pass). With the reference's
+    whole distributions in the batch (kl_estimator full), the policy's [B, L - 1, V] log-softmax is kept in
+    batch["policy_logsoftmax"] for the exact KL (the graph keeps that tensor anyway: no extra memory)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
+    if "ref_logsoftmax" in batch:
+        batch["policy_logsoftmax"] = logp
     if stats is not None:
         total, count = masked_entropy(logp, batch["mask"])
         stats["entropy_sum"] += total

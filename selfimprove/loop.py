@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import gather_object
 
 from reward import RewardContext, score
-from selfimprove import checkpoint, rollout
+from selfimprove import checkpoint, dynamic, rollout
 from selfimprove.algorithms.common import aggregate, frac_all_equal
 from selfimprove.batch import collate, micro_batches, token_logprobs
 from selfimprove.distributed import (
@@ -37,7 +37,7 @@ from selfimprove.evaluation import evaluate
 from selfimprove.evaluation.report import plot_run, summary_table
 from selfimprove.export import write_final
 from selfimprove.interrupts import Interrupts
-from selfimprove.logprobs import mismatch_weights, pad_rows, policy_logprobs, reference_logprobs
+from selfimprove.logprobs import attach_reference, before_update, mismatch_weights, pad_rows
 from selfimprove.optim import anneal_start
 from selfimprove.progress import progress_bar, progress_line
 from selfimprove.resume import failure, fresh, interrupted, resume, save
@@ -49,16 +49,18 @@ def sampling_of(g) -> Sampling:
     return Sampling.of(g)
 
 
-def sample_step(state: State, step: int):
+def sample_step(state: State, step: int, extra: int = 0):
     """This process's share of the step's prompts (cycling through the training set), sampled with one
-    random stream per (seed, global prompt position): the same samples with 1 or N processes."""
+    random stream per (seed, global prompt position): the same samples with 1 or N processes. `extra` > 0:
+    a refill round (dynamic.py), the next prompts_per_step prompts of the stream (state.data_offset)."""
     t, acc = state.recipe.train, state.accelerator
-    first = step * t.prompts_per_step + acc.process_index * (t.prompts_per_step // acc.num_processes)
-    examples = [state.train_examples[first + i] for i in range(t.prompts_per_step // acc.num_processes)]
+    share = t.prompts_per_step // acc.num_processes
+    first = (step + extra) * t.prompts_per_step + state.data_offset + acc.process_index * share
+    examples = [state.train_examples[first + i] for i in range(share)]
     seeds = [state.recipe.seed * 1_000_000_007 + first + i for i in range(len(examples))]
     return rollout.sample(state.engine, state.tokenizer, examples, sampling_of(state.recipe.generation),
-                          tag=f"s{step}-r{acc.process_index}", max_prompt_tokens=state.recipe.data.max_prompt_tokens,
-                          version=step, seeds=seeds)
+                          tag=f"s{step}{f'.{extra}' if extra else ''}-r{acc.process_index}",
+                          max_prompt_tokens=state.recipe.data.max_prompt_tokens, version=step, seeds=seeds)
 
 
 def score_everywhere(state: State, traces, step: int, logged: dict | None = None) -> None:
@@ -105,8 +107,8 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
                     continue
                 batch = collate([traces[i] for i in mb], state.tokenizer.pad_token_id, algo.meta_keys, acc.device)
                 width = batch["mask"].shape[1]
-                if ref_lp is not None:
-                    batch["ref_logp"] = pad_rows([ref_lp[i] for i in mb], width, acc.device)
+                if ref_lp is not None:  # per-trace log-probs, or the whole distributions (kl_estimator full)
+                    attach_reference(batch, ref_lp, mb, acc.device)
                 weight = None
                 if trainer_lp is not None:
                     g = recipe.generation
@@ -117,7 +119,7 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
                 if weight is not None:
                     tok = tok * weight
                 loss = aggregate(tok, batch["mask"], cfg.loss_agg, n_tok, n_seq, recipe.generation.max_new_tokens,
-                                 cfg.loss_constant)
+                                 cfg.loss_constant, acc.num_processes)
                 acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes; the sum is wanted
                 chunk_loss += loss.item() / len(chunks)  # this process's share of the mean mini-batch loss
                 _collect(extra, metrics)
@@ -184,6 +186,7 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
         traces = sample_step(state, step)
         t1 = time.perf_counter()
         score_everywhere(state, traces, step, logged)
+        traces = dynamic.refill(state, step, traces, sample_step, score_everywhere, logged)  # DAPO's refill
         t2 = time.perf_counter()
         if algo.instruction is not None:  # two-turn methods: attempt 2 after the instruction, scored again
             rollout.add_second_attempt(state.engine, state.tokenizer, traces, algo.instruction(recipe.algorithm),
@@ -192,13 +195,8 @@ def train_step(state: State, step: int) -> tuple[dict, list]:
             score_everywhere(state, traces, step)
             rollout.keep_attempt_reward(traces, 1)
             t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
-    train_traces = algo.train_traces(traces, recipe.algorithm)  # prepare (advantages), then mask_truncated
-    state.engine.sleep()  # a vLLM engine frees its memory for the update (GPU)
-    acc, mb, pad = state.accelerator, recipe.train.micro_batch_size, state.tokenizer.pad_token_id
-    ref_lp = (reference_logprobs(acc, state.model, state.ref_model, train_traces, mb, pad, bool(recipe.model.lora_r))
-              if state.ref_model is not None else None)
-    correct = recipe.generation.mismatch_correction != "none"
-    trainer_lp = policy_logprobs(acc, state.model, train_traces, mb, pad) if correct else None
+    # engine asleep; reference / trainer passes; prepare (advantages) and mask_truncated
+    train_traces, ref_lp, trainer_lp = before_update(state, traces)
     t3 = time.perf_counter()
     stats = update(state, train_traces, ref_lp, trainer_lp)
     t4 = time.perf_counter()

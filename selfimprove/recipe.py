@@ -40,6 +40,10 @@ def learning_errors(recipe, algo) -> list[str]:
     if g.n < 2 and why:
         errs.append(f"generation.n=1: {algo.name} learns by comparing the samples of a group ({why}); "
                     "set generation.n >= 2")
+    # explicitly `sampler` (auto resolves to trainer on vllm): is/tis themselves recompute pi_old on the trainer
+    if algo.old_logprobs(recipe.algorithm, "vllm") == "sampler" and g.mismatch_correction != "none":
+        errs.append(f"algorithm.old_logprobs=sampler contradicts generation.mismatch_correction="
+                    f"{g.mismatch_correction}, which recomputes pi_old on the trainer and weights by pi_old/pi_engine")
     if g.temperature == 0:
         errs.append("generation.temperature=0 is greedy: in training every sample of a prompt is the same and "
                     "the sampler's probabilities are not the policy's; set generation.temperature > 0")

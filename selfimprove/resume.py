@@ -16,7 +16,9 @@ from selfimprove.state import State
 
 
 def save(state: State, step: int, elapsed: float) -> None:
-    extra = {"data_position": step * state.recipe.train.prompts_per_step, "elapsed": elapsed,
+    # data_offset: the prompts refill rounds consumed (dynamic.py); the next step starts at data_position
+    extra = {"data_position": step * state.recipe.train.prompts_per_step + state.data_offset,
+             "data_offset": state.data_offset, "elapsed": elapsed,
              "evals": list(state.evals), "summary": dict(state.summary),
              "run": checkpoint.run_signature(state.recipe, state.accelerator.num_processes)}
     checkpoint.save(state.run, step, state.accelerator, state.model, state.tokenizer, state.optimizer,
@@ -76,6 +78,7 @@ def resume(state: State, log) -> int:
     state.step = ts["step"]
     state.engine.load_weights()  # a vLLM engine loaded the starting checkpoint: give it the resumed weights
     state.elapsed = ts["elapsed"]
+    state.data_offset = ts.get("data_offset", 0)  # checkpoints from before dynamic sampling's refill: none
     state.evals.extend(tuple(e) for e in ts["evals"])
     state.summary.update(ts["summary"])
     state.summary["resumed_from"] = str(state.resume_from)

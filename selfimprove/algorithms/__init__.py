@@ -59,6 +59,9 @@ class Algorithm:
     instruction:     two-turn methods: (cfg) -> the instruction between attempt 1 and attempt 2; the loop
                      then samples attempt 2 after scoring attempt 1 and scores the episode again. None:
                      single-turn
+
+    Optional Config fields the record reads (a user's Config may lack them; then the default holds):
+    kl_estimator (k3) and kl_in (loss) when needs_reference; old_logprobs (sampler); max_refill_rounds (0).
     """
 
     name: str
@@ -82,6 +85,23 @@ class Algorithm:
         if getattr(cfg, "mask_truncated", False):  # a user's Config may lack the option: then it is off
             kept = [tr for tr in kept if not truncated(tr)]
         return kept
+
+    def kl(self, cfg) -> tuple[str, str] | None:
+        """(estimator, place) of the method's KL to the reference: place "loss" (k3 or full, a loss term) or
+        "reward" (k1, a detached penalty on the reward before `prepare`); None without a reference."""
+        if not self.needs_reference(cfg):
+            return None
+        return getattr(cfg, "kl_estimator", "k3"), getattr(cfg, "kl_in", "loss")
+
+    def old_logprobs(self, cfg, backend: str) -> str:
+        """Where pi_old comes from: "sampler" (the engine's log-probs of the samples) or "trainer" (recomputed
+        by the trainer before the update, no importance weight); "auto": trainer unless the engine is hf."""
+        mode = getattr(cfg, "old_logprobs", "sampler")
+        return ("sampler" if backend == "hf" else "trainer") if mode == "auto" else mode
+
+    def refill_rounds(self, cfg) -> int:
+        """Extra generation rounds of dynamic sampling (DAPO) when `prepare` drops groups: 0 = none."""
+        return getattr(cfg, "max_refill_rounds", 0)
 
     def __post_init__(self):
         fields = {f.name for f in dataclasses.fields(self.Config)}

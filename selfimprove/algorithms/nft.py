@@ -9,10 +9,15 @@ max_v clips the value from below at eps but keeps the gradient of its argument. 
 trains the implicit negative policy pi^- = (pi_old - r_hat pi^+)/(1 - r_hat), which pushes pi_theta down
 on wrong answers without a second model. neg_weight = 0 gives RFT (see rft.py).
 Details from the official code: the log-ratio is clamped at 10 before exp, r_hat is clamped to
-[0.02, 0.98], groups with r_hat in {0, 1} are dropped (DAPO dynamic sampling, without refilling),
+[0.02, 0.98], groups with r_hat in {0, 1} are dropped (DAPO dynamic sampling; `max_refill_rounds` > 0
+samples more prompts until prompts_per_step groups remain, as the code's up to 10 generation batches),
 omega = 1 - r_hat by default (Dr.GRPO-equivalent on-policy), sqrt((1-r_hat)/r_hat) = GRPO-equivalent.
+pi_old: the code recomputes it on the trainer before the update and uses no importance weight:
+`old_logprobs: trainer` (the default with a vLLM engine, whose log-probs differ from the trainer's, so R != 1
+on-policy); with the hf engine the sampler's log-probs are the trainer's own and `auto` keeps them.
 What we change: Z defaults to the token count (the paper's "token-level normalisation"); the code's
-constant divisor is `loss_agg: constant, loss_constant: 1000`.
+constant divisor is `loss_agg: constant, loss_constant: 1000` (its gradient under W processes is the
+code's: token sum / (1000 W), see common.aggregate).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from dataclasses import dataclass
 import torch
 
 from selfimprove.algorithms import Algorithm
-from selfimprove.algorithms.common import MASK_TRUNCATED_HELP, choice_errors, clamp_preserve_grad, groups
+from selfimprove.algorithms.common import (
+    MASK_TRUNCATED_HELP,
+    REFILL_HELP,
+    choice_errors,
+    clamp_preserve_grad,
+    groups,
+    refill_errors,
+)
 from selfimprove.options import opt
 from selfimprove.rollout import is_correct
 
@@ -40,13 +52,18 @@ class Config:
     max_log_ratio: float = opt(10.0, "clamp of log R before exp (code)")
     correct_threshold: float = opt(0.5, "a sample is correct when its combined reward >= this")
     filter_groups: bool = opt(True, "drop groups whose samples are all correct or all wrong")
+    max_refill_rounds: int = opt(0, REFILL_HELP)
+    old_logprobs: str = opt("auto", "pi_old: trainer (recomputed by the trainer before the update, no importance "
+                            "weight: the reference code) | sampler (the engine's log-probs) | auto (trainer with a "
+                            "vllm backend, sampler with hf, where the two are the same)")
     loss_agg: str = opt("token-mean", "token-mean | seq-mean | constant")
     loss_constant: float = opt(1000.0, "divisor for loss_agg = constant (the code's /1000)")
     mask_truncated: bool = opt(False, MASK_TRUNCATED_HELP)
 
 
 def check(cfg: Config) -> list[str]:
-    errs = choice_errors(cfg, {"omega": ("1-r", "sqrt", "1"), "loss_agg": ("token-mean", "seq-mean", "constant")})
+    errs = choice_errors(cfg, {"omega": ("1-r", "sqrt", "1"), "loss_agg": ("token-mean", "seq-mean", "constant"),
+                               "old_logprobs": ("auto", "trainer", "sampler")})
     if not 0 < cfg.rhat_min <= cfg.rhat_max < 1:
         errs.append("algorithm.rhat_min/rhat_max must satisfy 0 < min <= max < 1")
     if cfg.epsilon <= 0:
@@ -55,7 +72,7 @@ def check(cfg: Config) -> list[str]:
         errs.append(f"algorithm.max_log_ratio must be in (0, 80], got {cfg.max_log_ratio}")
     if cfg.neg_weight < 0 or cfg.loss_constant <= 0:
         errs.append("algorithm.neg_weight must be >= 0 and algorithm.loss_constant > 0")
-    return errs
+    return errs + refill_errors(cfg)
 
 
 def prepare(traces, cfg: Config):

@@ -12,7 +12,11 @@ recipe's rewards applied to each attempt. Per token (algorithms.md 1.2, eq. 3 an
 A is the reward itself (REINFORCE without a baseline, as BY571/SCoRe) or minus the group mean
 (`baseline: group`), optionally divided by the group std (`baseline: normalize`); the paper leaves
 this open (1.8). Defaults are the paper's MATH values: alpha 10, beta1 0.01, beta2 0.1, T = 1.0.
-KL: k3 on sampled tokens against a frozen reference (or the adapters-off model with LoRA).
+KL against a frozen reference (or the adapters-off model with LoRA), per turn with its stage's coefficient:
+k3 on sampled tokens in the loss (default; gradient (1 - ref/pi) grad log pi, in expectation grad KL(ref || pi)),
+`full` (the exact per-token KL(pi || ref) over the vocabulary, in the loss), or k1 with `kl_in: reward`: each
+turn's REINFORCE value becomes (its reward) - coef * sum over the turn of (log pi_old - log ref), the gradient of
+KL(pi || ref). k1 in the loss has zero expected gradient (Stage I's beta2 anchor would do nothing): refused.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ import torch
 from selfimprove.algorithms import Algorithm
 from selfimprove.algorithms.common import (
     KL_ESTIMATORS,
+    KL_HELP,
+    KL_IN_HELP,
     LOSS_AGGREGATIONS,
     MASK_TRUNCATED_HELP,
     choice_errors,
     groups,
+    kl_errors,
     kl_penalty,
+    kl_term,
 )
 from selfimprove.options import opt
 
@@ -43,7 +51,8 @@ class Config:
     beta1: float = opt(0.01, "Stage II KL on both turns (paper, MATH)")
     beta2: float = opt(0.1, "Stage I KL on turn 1 (paper, MATH; 0.25 for code)")
     stage1_turn2_kl: float = opt(0.0, "Stage I KL on turn 2 (BY571: none)")
-    kl_estimator: str = opt("k3", "k1 | k3")
+    kl_estimator: str = opt("k3", KL_HELP)
+    kl_in: str = opt("loss", KL_IN_HELP)
     baseline: str = opt("none", "none (REINFORCE) | group (minus the group mean) | normalize (and / std)")
     turn1_gets_shaped: bool = opt(False, "Stage II: turn 1 also credited with r2~ (instead of r1)")
     instruction: str = opt("score", "score | reask | any text ({question} is replaced)")
@@ -59,7 +68,7 @@ def check(cfg: Config) -> list[str]:
         errs.append("algorithm.beta1, beta2, stage1_turn2_kl and stage1_steps must be >= 0")
     if cfg.alpha < 0 or cfg.loss_constant <= 0:
         errs.append("algorithm.alpha must be >= 0 and algorithm.loss_constant > 0")
-    return errs
+    return errs + kl_errors(cfg.kl_estimator, cfg.kl_in, needs_reference(cfg))
 
 
 def needs_reference(cfg: Config) -> bool:
@@ -94,37 +103,50 @@ def prepare(traces, cfg: Config):
         r1 = [tr.first_attempt.reward for tr in group]
         r2 = [tr.second_attempt.reward for tr in group]
         r2s = [shaped_reward(a, b, cfg.alpha) for a, b in zip(r1, r2)]
-        if stage1:
-            a1 = [0.0] * len(group)  # Stage I: no policy gradient on attempt 1
-            a2 = _advantages(r2, cfg.baseline)
+        c1, c2 = (cfg.beta2, cfg.stage1_turn2_kl) if stage1 else (cfg.beta1, cfg.beta1)
+        pen1, pen2 = _reward_kl(group, cfg, c1, 0), _reward_kl(group, cfg, c2, 1)
+        if stage1:  # no reward term on attempt 1: only its KL penalty when kl_in = reward (else all zero)
+            a1 = _advantages([-p for p in pen1], cfg.baseline) if any(pen1) else [0.0] * len(group)
+            a2 = _advantages([r - p for r, p in zip(r2, pen2)], cfg.baseline)
         else:
-            a1 = _advantages(r2s if cfg.turn1_gets_shaped else r1, cfg.baseline)
-            a2 = _advantages(r2s, cfg.baseline)
+            a1 = _advantages([r - p for r, p in zip(r2s if cfg.turn1_gets_shaped else r1, pen1)], cfg.baseline)
+            a2 = _advantages([r - p for r, p in zip(r2s, pen2)], cfg.baseline)
         for tr, x1, x2, s in zip(group, a1, a2, r2s):
             tr.first_attempt.advantage, tr.second_attempt.advantage = x1, x2
             tr.meta["score.stage"] = 1 if stage1 else 2
             tr.meta["score.shaped_r2"] = s
-            tr.meta["score.kl1"] = cfg.beta2 if stage1 else cfg.beta1
-            tr.meta["score.kl2"] = cfg.stage1_turn2_kl if stage1 else cfg.beta1
+            tr.meta["score.kl1"], tr.meta["score.kl2"] = c1, c2
     return traces
 
 
-def token_loss(logp, old_logp, tok_adv, turn_id, kl1, kl2, cfg: Config, ref_logp=None):
-    """Per-token loss [B, T]: REINFORCE (as a ratio to pi_old: the same gradient on-policy) + per-turn KL."""
+def _reward_kl(group, cfg: Config, coef: float, turn: int) -> list[float]:
+    """coef x the turn's summed k1 per trace, the penalty on that turn's value (kl_in = reward: the loop stored
+    the per-turn sums in meta["kl.k1"]); zeros otherwise."""
+    if cfg.kl_in != "reward" or coef == 0:
+        return [0.0] * len(group)
+    return [coef * tr.meta["kl.k1"][turn] for tr in group]
+
+
+def token_loss(logp, old_logp, tok_adv, turn_id, kl1, kl2, cfg: Config, ref_logp=None, kl=None):
+    """Per-token loss [B, T]: REINFORCE (as a ratio to pi_old: the same gradient on-policy) + per-turn KL.
+    `kl` is the per-token KL term [B, T] (common.kl_term); else the estimator's against `ref_logp`, if given."""
     tok = -torch.exp(logp - old_logp) * tok_adv
-    if ref_logp is not None:
+    if kl is None and ref_logp is not None:
+        kl = kl_penalty(logp, ref_logp, cfg.kl_estimator)
+    if kl is not None:
         coef = torch.where(turn_id == 1, kl1[:, None], torch.where(turn_id == 2, kl2[:, None], torch.zeros_like(logp)))
-        tok = tok + coef * kl_penalty(logp, ref_logp, cfg.kl_estimator)
+        tok = tok + coef * kl
     return tok
 
 
 def loss(batch, logp, cfg: Config):
+    in_loss = cfg.kl_in == "loss" and (batch.get("ref_logp") is not None or "ref_logsoftmax" in batch)
+    kl = kl_term(batch, logp, cfg.kl_estimator) if in_loss else None
     tok = token_loss(logp, batch["old_logp"], batch["tok_adv"], batch["turn_id"], batch["score.kl1"],
-                     batch["score.kl2"], cfg, batch.get("ref_logp"))
+                     batch["score.kl2"], cfg, kl=kl)
     metrics = {}
-    if batch.get("ref_logp") is not None:
+    if kl is not None:
         with torch.no_grad():
-            kl = kl_penalty(logp, batch["ref_logp"], cfg.kl_estimator)
             for k in (1, 2):
                 m = (batch["turn_id"] == k).float()
                 metrics[f"kl_turn{k}"] = float((kl * m).sum() / m.sum().clamp(min=1))
