@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 
-from reward.translation import answer_text
+from reward.translation import answer_text, gated
 from selfimprove.engines.base import Sampling
 from selfimprove.errors import UserError
 
@@ -79,8 +79,7 @@ def self_judge(traces, ctx, template: str = "gemba", lo: float | None = None, hi
     owner, rendered = [], []  # owner[k]: the trace index of judge prompt k
     for i, tr in enumerate(traces):
         answer = answer_text(tr.completion.text, extract)
-        gate = tr.rewards.get(only_if) if only_if else 1.0
-        if answer is None or gate is None or gate < 1.0:
+        if answer is None or gated(tr, only_if):
             continue
         question = tr.prompt[-1]["content"] if tr.prompt else ""
         parts = [p for p in re.split(segments, answer) if p.strip()] if segments else [answer]
