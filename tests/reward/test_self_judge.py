@@ -4,6 +4,7 @@ import torch
 from reward import RewardContext
 from reward.self_judge import parse_score, self_judge
 from selfimprove.cli import main
+from selfimprove.engines.base import Sample
 from selfimprove.engines.hf import HFEngine
 from selfimprove.errors import UserError
 from selfimprove.policy import load_model, load_tokenizer
@@ -102,7 +103,6 @@ class ScriptEngine:
         self.script, self.sampling = script, []
 
     def generate(self, prompts, sampling):
-        from selfimprove.engines.base import Sample
         self.sampling.append(sampling)
         return [[Sample([k], [0.0], self.script[k][1])] for k in range(len(prompts))]
 
