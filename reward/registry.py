@@ -89,7 +89,8 @@ def _accepted(fn: Callable) -> Callable[[dict], dict]:
 def trl_adapter(fn: Callable) -> Callable:
     """Call a TRL reward function with GRPOTrainer's convention: prompts and completions as strings for
     standard-format data (plain-text prompts) and as message lists for conversational data, completion_ids,
-    every dataset column under its own name, trainer_state, log_metric and log_extra."""
+    every dataset column under its own name, `source` (the bare source text, data.source_column), trainer_state,
+    log_metric and log_extra."""
 
     take = _accepted(fn)
 
@@ -102,6 +103,8 @@ def trl_adapter(fn: Callable) -> Callable:
             columns[key] = [tr.columns.get(key) for tr in traces]
         if "answer" not in columns:  # synthetic tasks: the reference under the project's own name
             columns["answer"] = [tr.answer for tr in traces]
+        if any(tr.source is not None for tr in traces):  # data.source_column's bare text, under one name
+            columns["source"] = [tr.source for tr in traces]
 
         def log_extra(column: str, values: list) -> None:
             for tr, v in zip(traces, values):

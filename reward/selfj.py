@@ -2,7 +2,8 @@
 
 The judge sees a *view* of (question, answer): the teacher view also shows the reference, the
 student view does not. Both are rendered through the tokenizer's chat template with the generation
-prompt, and the score is E[k] over the ten digit probabilities of the first generated token, read
+prompt, or raw (a base model without a chat template) in the reference's format RAW_FORMAT,
+"{instruction}\n\n### Response:" (nusnlp/Self-J templates/wizardlm.json, alpaca-lora's Prompter), and the score is E[k] over the ten digit probabilities of the first generated token, read
 from one forward pass (nusnlp/Self-J judge.py; no sampling). Defaults are the paper's templates; a
 trained judge's folder carries the templates it was trained with (`selfj.json`), and every caller
 (the `judge_model` reward, `selfimprove judge`) uses those by default.
@@ -35,6 +36,20 @@ STUDENT_TEMPLATE = ("Please act as a precise judge and evaluate the quality of t
                     "answer from 0 to 9, where a higher value means a better answer. Please respond with an integer "
                     "between 0 and 9. \n\n[Question]\n{question}\n\n[Answer]\n{answer}")
 TEMPLATE_FILE = "selfj.json"  # next to a trained judge's weights: the templates it was trained with
+RAW_FORMAT = "{instruction}\n\n### Response:"  # nusnlp/Self-J templates/wizardlm.json (prompt_no_input)
+CHAT_MODES = ("auto", "true", "false")
+
+
+def raw_format(tokenizer, mode: str, fmt: str = RAW_FORMAT) -> str | None:
+    """The raw prompt format to render views with, or None for the chat template. auto: raw exactly when
+    the tokenizer has no chat template (a base model: Llama-2, Vicuna's Llama tokenizer)."""
+    if mode == "false" or (mode == "auto" and tokenizer.chat_template is None):
+        return fmt
+    return None
+
+
+def raw_prompt(fmt: str, instruction: str) -> str:
+    return fmt.replace("{instruction}", instruction)
 
 
 # --------------------------------------------------------------------------- views
@@ -62,12 +77,23 @@ def fill(template: str, question: str, answer: str, reference: str | None = None
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
 
-def render_views(tokenizer, template: str, questions, answers, references=None) -> list[list[int]]:
-    """Chat-formatted prompt ids of one view (the generation prompt included: the score comes next)."""
+def render_texts(tokenizer, template: str, questions, answers, references=None, raw: str | None = None) -> list[str]:
+    """The view's prompt texts: chat-formatted with the generation prompt, or the raw format `raw` around
+    the filled view (the score comes next either way)."""
     refs = references if references is not None else [None] * len(questions)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": fill(template, q, a, r)}], tokenize=False,
-                                           add_generation_prompt=True) for q, a, r in zip(questions, answers, refs)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    views = [fill(template, q, a, r) for q, a, r in zip(questions, answers, refs)]
+    if raw is not None:
+        return [raw_prompt(raw, v) for v in views]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": v}], tokenize=False, add_generation_prompt=True)
+            for v in views]
+
+
+def render_views(tokenizer, template: str, questions, answers, references=None, raw: str | None = None) \
+        -> list[list[int]]:
+    """Prompt ids of one view. A raw prompt gets the tokenizer's own special tokens (BOS), as alpaca-lora
+    tokenizes it; a chat-formatted one holds them already."""
+    texts = render_texts(tokenizer, template, questions, answers, references, raw)
+    return tokenizer(texts, add_special_tokens=raw is not None)["input_ids"] if texts else []
 
 
 def digit_token_ids(tokenizer) -> list[int]:
@@ -149,12 +175,12 @@ def expected_score_from_logprobs(top_logprobs: dict[str, float]) -> float:
 
 
 def judge_scores(model, tokenizer, questions, answers, references=None, template: str | None = None,
-                 batch_size: int = 64) -> list[tuple[float, list[float]]]:
+                 batch_size: int = 64, raw: str | None = None) -> list[tuple[float, list[float]]]:
     """(E[score] in [0, 9], ten digit probabilities) per answer; the teacher view when references are
-    given (and no template), else the student view."""
+    given (and no template), else the student view; `raw`: the raw prompt format (None: chat template)."""
     if template is None:
         template = TEACHER_TEMPLATE if references is not None else STUDENT_TEMPLATE
-    probs = digit_probs(model, tokenizer, render_views(tokenizer, template, questions, answers, references),
+    probs = digit_probs(model, tokenizer, render_views(tokenizer, template, questions, answers, references, raw),
                         batch_size)
     return [(expected_score(row), row) for row in probs.tolist()]
 
@@ -162,8 +188,23 @@ def judge_scores(model, tokenizer, questions, answers, references=None, template
 # --------------------------------------------------------------------------- trained judges
 
 
-def save_templates(path: str | Path, teacher: str, student: str) -> None:
-    Path(path, TEMPLATE_FILE).write_text(json.dumps({"teacher_template": teacher, "student_template": student}, indent=2))
+def save_templates(path: str | Path, teacher: str, student: str, raw: str | None = None) -> None:
+    """The views and the prompt format (`raw_format`: null = the chat template) a judge was trained with."""
+    Path(path, TEMPLATE_FILE).write_text(json.dumps({"teacher_template": teacher, "student_template": student,
+                                                     "raw_format": raw}, indent=2))
+
+
+def judge_raw_format(path: str) -> str | None:
+    """The raw prompt format a judge folder was trained with; None: the chat template (also for judges saved
+    before raw formats existed)."""
+    f = Path(path, TEMPLATE_FILE)
+    try:
+        value = json.loads(f.read_text()).get("raw_format") if f.is_file() else None
+    except (ValueError, AttributeError):
+        raise UserError(f"judge: {f} is not a valid template file (teacher_template, student_template)") from None
+    if value is not None and (not isinstance(value, str) or "{instruction}" not in value):
+        raise UserError(f"judge: {f}: raw_format must be text with an {{instruction}} placeholder")
+    return value
 
 
 def judge_templates(path: str) -> tuple[str, str]:
@@ -180,11 +221,13 @@ def judge_templates(path: str) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=4)
 def load_judge(model: str):
-    """(model, tokenizer, (teacher, student) templates) of a judge folder, loaded once per process."""
+    """(model, tokenizer, (teacher, student) templates, raw format or None) of a judge folder, loaded once per
+    process."""
     path = resolve_model(model, "judge")
+    raw = judge_raw_format(path)
     judge = from_pretrained(AutoModelForCausalLM, path, "judge", dtype=torch.float32)
     judge.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return judge, load_tokenizer(path, "judge"), judge_templates(path)
+    return judge, load_tokenizer(path, "judge", chat_template=raw is None), judge_templates(path), raw
 
 
 def judge_model(traces, ctx=None, model: str = "", template: str | None = None, normalize: bool = True,
@@ -192,7 +235,7 @@ def judge_model(traces, ctx=None, model: str = "", template: str | None = None, 
     """Expected judge score per trace: in [0, 1] (score / 9) when normalize, else in [0, 9]."""
     if not model:
         raise UserError("judge_model: set rewards[].kwargs.model to a trained judge folder")
-    judge, tokenizer, (_, student) = load_judge(model)
+    judge, tokenizer, (_, student), raw = load_judge(model)
     template = template or student
     if "{answer}" not in template:
         raise UserError("judge_model: the template has no {answer} placeholder")
@@ -203,7 +246,7 @@ def judge_model(traces, ctx=None, model: str = "", template: str | None = None, 
             raise UserError(f"judge_model: the template uses {{reference}} but trace {missing} has no reference answer")
         refs = [tr.answer for tr in traces]
     scores = judge_scores(judge, tokenizer, [question_of(tr) for tr in traces],
-                          [tr.completion.text for tr in traces], refs, template, batch_size)
+                          [tr.completion.text for tr in traces], refs, template, batch_size, raw)
     for tr, (s, _) in zip(traces, scores):
         tr.meta["judge_model.score"] = s
     return [s / 9.0 if normalize else s for s, _ in scores]

@@ -54,11 +54,37 @@ def _comet(model: str):
         raise UserError(f"comet_kiwi: cannot load '{model}': {str(e).splitlines()[0]}") from None
 
 
+def gated(trace, only_if: str | None) -> bool:
+    """A trace an earlier reward named by `only_if` (e.g. the format check) did not pass (value None or < 1):
+    it is not sent to a judge or an external scorer, and its score is None (the algorithm's format gate
+    gives it format_failure)."""
+    if not only_if:
+        return False
+    gate = trace.rewards.get(only_if)
+    return gate is None or gate < 1.0
+
+
 def comet_kiwi(traces, ctx=None, model: str = "Unbabel/wmt22-cometkiwi-da", extract: str = "none",
-               batch_size: int = 16, gpus: int = 0) -> list[float]:
+               batch_size: int = 16, gpus: int = 0, only_if: str | None = None) -> list[float | None]:
     """Reference-free quality estimation (SSR-X's external reward, algorithms.md 3.1): COMET-Kiwi of
-    (source, translation). The source is the prompt's last user message."""
-    scorer = _comet(model)
-    data = [{"src": tr.prompt[-1]["content"] if tr.prompt else "",
-             "mt": answer_text(tr.completion.text, extract) or ""} for tr in traces]
-    return [float(s) for s in scorer.predict(data, batch_size=batch_size, gpus=gpus, progress_bar=False).scores]
+    (source, translation). The source is the trace's bare source text (data.source_column; the tiny
+    `translate` task sets it), never the filled prompt: an instruction in the source reads as an omission.
+    Traces gated out by `only_if`, and replies without <answer> tags under `extract="answer"`, are not
+    sent to the scorer: their value is None."""
+    missing = next((tr.id for tr in traces if tr.source is None), None)
+    if missing is not None:
+        raise UserError(f"comet_kiwi: trace {missing} has no source text; set data.source_column to the column "
+                        "holding the bare text to translate")
+    keep, data = [], []
+    for i, tr in enumerate(traces):
+        mt = answer_text(tr.completion.text, extract)
+        if mt is None or gated(tr, only_if):
+            continue
+        keep.append(i)
+        data.append({"src": tr.source, "mt": mt})
+    out: list[float | None] = [None] * len(traces)
+    if data:
+        scores = _comet(model).predict(data, batch_size=batch_size, gpus=gpus, progress_bar=False).scores
+        for i, value in zip(keep, scores):
+            out[i] = float(value)
+    return out

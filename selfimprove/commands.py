@@ -77,6 +77,7 @@ class EvalOptions:
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
     prompt_column: str = opt("prompt", "column with the prompt (text or chat messages)")
     answer_column: str | None = opt("answer", "column with the reference answer")
+    source_column: str | None = opt(None, "column with the bare source text (data.source_column; comet_kiwi's src)")
     apply_chat_template: str = opt("auto", "auto: text prompts as they are, chat messages templated | true | false "
                                    "(data.apply_chat_template)")
     task_options: dict = opt({}, "options of a synthetic task (data.task_options)")
@@ -105,7 +106,8 @@ def _generation_inputs(o, rewards_specs: list[RewardSpec], turns: int = 1):
     if mode not in ("auto", "true", "false"):
         raise UserError(f"--apply-chat-template must be auto, true or false, got {mode!r}")
     data_cfg = chat_config(DataConfig(prompt_column=o.prompt_column, answer_column=o.answer_column,
-                                      task_options=o.task_options, apply_chat_template=mode), turns == 2)
+                                      source_column=getattr(o, "source_column", None), task_options=o.task_options,
+                                      apply_chat_template=mode), turns == 2)
     examples = load_examples(o.data, data_cfg, o.split, n_train=o.n, seed=o.seed)[: o.n]
     require_answers(examples, o.data, o.answer_column)
     rewards = build_rewards(rewards_specs)
@@ -392,7 +394,7 @@ def cmd_judge(o: JudgeOptions, overrides: list[str]) -> int:
         if errs:
             raise UserError(f"judge: {errs[0]}")
     set_threads(o.threads, "--threads")
-    model, tokenizer, (teacher, student) = sj.load_judge(resolve_model_path(o.model))
+    model, tokenizer, (teacher, student), raw = sj.load_judge(resolve_model_path(o.model))
     # a row with a (non-empty) reference is scored in the with-reference view, the others reference-free
     has_ref = [bool(r.get(o.reference_column)) for r in rows]
     views = []
@@ -400,7 +402,7 @@ def cmd_judge(o: JudgeOptions, overrides: list[str]) -> int:
         idx = [i for i, h in enumerate(has_ref) if h == view]
         refs = [str(rows[i][o.reference_column]) for i in idx] if view else None
         ids = sj.render_views(tokenizer, template, [rows[i][o.question_column] for i in idx],
-                              [rows[i][o.answer_column] for i in idx], refs)
+                              [rows[i][o.answer_column] for i in idx], refs, raw)
         for i, row in zip(idx, ids):  # the score is the next token: the prompt must leave room for it
             if len(row) + 1 > context_length(model):
                 raise UserError(f"judge: {o.input} row {i + 1} is {len(row)} tokens in the judge's template, more "

@@ -48,6 +48,9 @@ class DataConfig:
     prompt_column: str = opt("prompt", "column with the prompt: text or a list of chat messages")
     prompt_template: str | None = opt(None, "build the user message from the row's columns, e.g. "
                                       "'Translate to {lang}: {source}' (prompt_column unused)")
+    source_column: str | None = opt(None, "column with the bare text to translate/score (trace.source; comet_kiwi's "
+                                    "src, TRL rewards' `source`), read before prompt_template fills the prompt; "
+                                    "null: none")
     answer_column: str | None = opt("answer", "column with the reference answer, or a dotted path into nested "
                                     "fields (verl: reward_model.ground_truth); null: prompts without answers")
     system_prompt: str | None = opt(None, "a system message put before every prompt")

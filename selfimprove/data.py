@@ -40,6 +40,7 @@ class Example:
     prompt_text: str | None = None  # the prompt as given in standard (plain text) format; None: conversational
     raw: bool = False  # prompt_text goes to the model as it is (no chat template; TRL's standard format)
     chat_kwargs: dict = field(default_factory=dict)  # data.chat_template_kwargs
+    source: str | None = None  # the bare text to translate (data.source_column), without any instruction
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,9 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
     if not rows:
         raise UserError(f"data: {source} is empty")
     out = []
+    source_column = getattr(cfg, "source_column", None)
     for i, row in enumerate(rows):
+        source_text = _source(row, source_column, source, i + 1) if source_column else None
         if cfg.prompt_template:
             row = {**row, cfg.prompt_column: _fill_template(cfg.prompt_template, row, source, i)}
         if cfg.prompt_column not in row:
@@ -257,8 +260,20 @@ def rows_to_examples(rows: list[dict], source: str, cfg, task: str = "data") -> 
                            answer=None if answer is None else str(answer), task=str(row.get("task", task)),
                            columns={k: v for k, v in row.items() if k != cfg.prompt_column and isinstance(v, PLAIN)},
                            prompt_text=prompt if isinstance(prompt, str) else None,
-                           raw=_raw(cfg, prompt, source, i + 1), chat_kwargs=dict(cfg.chat_template_kwargs)))
+                           raw=_raw(cfg, prompt, source, i + 1), chat_kwargs=dict(cfg.chat_template_kwargs),
+                           source=source_text))
     return out
+
+
+def _source(row: dict, column: str, source: str, i: int) -> str:
+    """The row's bare source text (data.source_column), read from the row as given: before data.prompt_template
+    fills the prompt column, so a source column that is also the prompt column is still the bare text."""
+    value = row.get(column)
+    if not isinstance(value, str):
+        got = "no such column" if value is None else f"a {type(value).__name__}"
+        raise UserError(f"data: {source} row {i}: data.source_column '{column}' must hold text ({got}; columns: "
+                        f"{', '.join(map(str, row))})")
+    return value
 
 
 def _raw(cfg, prompt, source: str, i: int) -> bool:

@@ -65,6 +65,7 @@ def make_traces(examples: list[Example], prompt_ids, samples, tokenizer, tag: st
                        Turn("assistant", tokenizer.decode(s.token_ids, skip_special_tokens=True), s.token_ids,
                             s.logprobs, trainable=True, finish_reason=s.finish_reason)],
                 policy_version=version, columns=ex.columns, prompt_text=ex.prompt_text,
+                source=ex.source,
             ))
     return traces
 

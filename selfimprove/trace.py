@@ -43,6 +43,7 @@ class Trace:
     meta: dict = field(default_factory=dict)  # plain JSON values, e.g. {"nft.correct_rate": 0.25}
     columns: dict = field(default_factory=dict)  # the dataset row's other columns, by name (TRL-style rewards)
     prompt_text: str | None = None  # the prompt as given in standard (plain text) format; None: conversational
+    source: str | None = None  # the bare source text (data.source_column): what source-based rewards score against
 
     @property
     def attempts(self) -> list[Turn]:

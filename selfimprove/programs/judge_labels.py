@@ -15,9 +15,10 @@ negative cosine means "unrelated" as much as 0 does, hence the clamp at 0.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from reward import RewardContext, score
-from reward.selfj import TEACHER_TEMPLATE, judge_scores, question_of
+from reward.selfj import TEACHER_TEMPLATE, judge_scores, question_of, raw_format, raw_prompt
 from selfimprove.engines import Sampling, make_engine
 from selfimprove.errors import UserError
 from selfimprove.rollout import CORRECT_THRESHOLD, is_correct, sample
@@ -60,13 +61,13 @@ def cosines(embedder, answers: list[str], references: list[str], batch_size: int
 
 def build_labels(traces, policy, tokenizer, embedder, verifier=None, teacher_template: str = TEACHER_TEMPLATE,
                  w_self: float = 0.5, w_cos: float = 0.5, batch_size: int = 64,
-                 threshold: float = CORRECT_THRESHOLD) -> None:
+                 threshold: float = CORRECT_THRESHOLD, raw: str | None = None) -> None:
     """Fill trace.meta with selfj.z1 (policy self-evaluation with the reference), selfj.cos, selfj.label and,
     with a verifier (a bound reward such as math_correct), selfj.correct (value >= threshold)."""
     questions = [question_of(tr) for tr in traces]
     answers = [tr.completion.text for tr in traces]
     refs = [tr.answer or "" for tr in traces]
-    z1 = judge_scores(policy, tokenizer, questions, answers, refs, teacher_template, batch_size)
+    z1 = judge_scores(policy, tokenizer, questions, answers, refs, teacher_template, batch_size, raw)
     cos = cosines(embedder, answers, refs, batch_size)
     if verifier is not None:
         score(traces, [verifier], RewardContext(tokenizer))
@@ -81,7 +82,10 @@ def answer_and_label(policy, tokenizer, embedder, verifier, examples, recipe, se
     cfg, g = recipe.algorithm, recipe.generation
     sampling = Sampling.of(g)
     engine = make_engine("hf", policy, tokenizer, seed=seed)
+    raw = raw_format(tokenizer, cfg.apply_chat_template, cfg.prompt_format)
+    if raw is not None:  # a base policy answers in the raw format too; trace.prompt keeps the bare question
+        examples = [replace(ex, raw=True, prompt_text=raw_prompt(raw, question_of(ex))) for ex in examples]
     traces = sample(engine, tokenizer, examples, sampling, tag=tag, max_prompt_tokens=recipe.data.max_prompt_tokens)
     build_labels(traces, policy, tokenizer, embedder, verifier, cfg.teacher_template, cfg.w_self, cfg.w_cos,
-                 cfg.score_batch_size, cfg.correct_threshold)
+                 cfg.score_batch_size, cfg.correct_threshold, raw)
     return traces

@@ -57,6 +57,10 @@ class Config:
     verifier: str | None = opt("math_correct", "reward deciding true correctness for evaluation; null: none")
     verifier_kwargs: dict = opt({}, "options bound to the verifier (as rewards[].kwargs)")
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a verifier value >= this is correct")
+    apply_chat_template: bool | str = opt("auto", "auto: views and the policy's prompts through the chat template, raw in "
+                                   "prompt_format when the tokenizer has none (a base model) | true | false: raw")
+    prompt_format: str = opt(sj.RAW_FORMAT, "the raw prompt around a view or question (the reference's wizardlm "
+                             "template); {instruction} is replaced")
     alpha: float = opt(0.3, "weight of the student CE (paper's code)")
     alpha_kd: float = opt(2.0, "weight of KL(teacher || student) (paper's code)")
     score_batch_size: int = opt(64, "prompts per no-grad scoring forward")
@@ -77,6 +81,12 @@ def check(recipe: SelfJRecipe) -> list[str]:
     cfg = recipe.algorithm
     errs = sj.template_errors(cfg.teacher_template, True, "algorithm.teacher_template")
     errs += sj.template_errors(cfg.student_template, False, "algorithm.student_template")
+    if isinstance(cfg.apply_chat_template, bool):  # YAML's true/false
+        cfg.apply_chat_template = str(cfg.apply_chat_template).lower()
+    if cfg.apply_chat_template not in sj.CHAT_MODES:
+        errs.append(f"algorithm.apply_chat_template must be auto, true or false, got {cfg.apply_chat_template!r}")
+    if "{instruction}" not in cfg.prompt_format:
+        errs.append("algorithm.prompt_format has no {instruction} placeholder")
     if cfg.score_batch_size < 1:
         errs.append("algorithm.score_batch_size must be >= 1")
     for key in ("n_train_questions", "n_eval_questions"):
@@ -112,13 +122,19 @@ def load_questions(recipe, acc) -> tuple[list, list]:
     return train[rank::world], heldout[rank::world]
 
 
+def raw_of(tokenizer, cfg: Config) -> str | None:
+    """The raw prompt format this tokenizer's views are rendered in, or None for its chat template."""
+    return sj.raw_format(tokenizer, cfg.apply_chat_template, cfg.prompt_format)
+
+
 def encode_pairs(tokenizer, traces, cfg: Config, max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(teacher ids, student ids) per trace: the view's chat prompt + label digit + EOS."""
+    """(teacher ids, student ids) per trace: the view's prompt (chat or raw) + label digit + EOS."""
     digits = sj.digit_token_ids(tokenizer)
     qs = [sj.question_of(tr) for tr in traces]
     ans = [tr.completion.text for tr in traces]
-    teacher = sj.render_views(tokenizer, cfg.teacher_template, qs, ans, [tr.answer or "" for tr in traces])
-    student = sj.render_views(tokenizer, cfg.student_template, qs, ans)
+    raw = raw_of(tokenizer, cfg)
+    teacher = sj.render_views(tokenizer, cfg.teacher_template, qs, ans, [tr.answer or "" for tr in traces], raw)
+    student = sj.render_views(tokenizer, cfg.student_template, qs, ans, None, raw)
     out = []
     for tr, t, s in zip(traces, teacher, student):
         tail = [digits[tr.meta["selfj.label"]], tokenizer.eos_token_id]
@@ -240,7 +256,8 @@ def _optimizer_step(acc, model, opt, sched, batch, pad_id, cfg, t) -> dict:
 def score_heldout(model, tokenizer, traces, cfg: Config, key: str) -> None:
     """Student-view (reference-free) scores of the held-out answers, into trace.meta[key]."""
     scores = sj.judge_scores(model, tokenizer, [sj.question_of(tr) for tr in traces],
-                             [tr.completion.text for tr in traces], None, cfg.student_template, cfg.score_batch_size)
+                             [tr.completion.text for tr in traces], None, cfg.student_template, cfg.score_batch_size,
+                             raw_of(tokenizer, cfg))
     for tr, (s, _) in zip(traces, scores):
         tr.meta[key] = s
 
@@ -274,8 +291,9 @@ def label_answers(recipe, acc, say) -> tuple:
     verifier = build_rewards([RewardSpec(fn=cfg.verifier, kwargs=cfg.verifier_kwargs)])[0] if cfg.verifier else None
     embedder = load_embedder(cfg.embedding_model, device=str(acc.device))
     path = resolve_model_path(recipe.model.path, log=say)
-    # data.chat_template gives one to a tokenizer that has none (a base model)
-    tokenizer = load_tokenizer(path, chat_template=not recipe.data.chat_template, **hub_options(recipe.model))
+    # data.chat_template gives one to a tokenizer that has none (a base model); without, auto renders raw
+    need_chat = cfg.apply_chat_template == "true" and not recipe.data.chat_template
+    tokenizer = load_tokenizer(path, chat_template=need_chat, **hub_options(recipe.model))
     set_chat_template(tokenizer, recipe.data.chat_template)
     sj.digit_token_ids(tokenizer)
     model = load_model(path, "float32", recipe.model).to(acc.device)  # master weights; model.dtype sets autocast
@@ -283,7 +301,8 @@ def label_answers(recipe, acc, say) -> tuple:
         policy, p_tok = model, tokenizer  # the judge starts from the policy itself
     else:
         p_path = resolve_model_path(cfg.policy, log=say)
-        policy, p_tok = load_model(p_path, recipe.model.dtype).to(acc.device), load_tokenizer(p_path)
+        policy = load_model(p_path, recipe.model.dtype).to(acc.device)
+        p_tok = load_tokenizer(p_path, chat_template=cfg.apply_chat_template == "true")
     t0 = time.perf_counter()
     seed, rank = recipe.seed * 1000 + acc.process_index, acc.process_index
     train_tr = answer_and_label(policy, p_tok, embedder, verifier, train_q, recipe, seed, f"train-r{rank}")
@@ -353,7 +372,7 @@ def save_judge(model, tokenizer, path, lora: bool, cfg: Config) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    sj.save_templates(tmp, cfg.teacher_template, cfg.student_template)
+    sj.save_templates(tmp, cfg.teacher_template, cfg.student_template, raw_of(tokenizer, cfg))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 

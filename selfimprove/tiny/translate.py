@@ -159,7 +159,7 @@ def _example(split: str, i: int, src: str, system_prompt: str | None, with_refer
     msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": PROMPT.format(source=src)}]
     return Example(id=f"translate-{split}-{i}", prompt=msgs, answer=translate(src) if with_reference else None,
-                   task="translate")
+                   task="translate", source=src)
 
 
 def heldout(o: TranslateOptions, system_prompt: str | None = None) -> list[Example]:

@@ -4,6 +4,7 @@ import torch
 from reward import RewardContext
 from reward.self_judge import parse_score, self_judge
 from selfimprove.cli import main
+from selfimprove.engines.base import Sample
 from selfimprove.engines.hf import HFEngine
 from selfimprove.errors import UserError
 from selfimprove.policy import load_model, load_tokenizer
@@ -72,3 +73,87 @@ def test_parse_failures_are_none(reply):
 
 def test_parse_range_of_a_digit_judge():
     assert parse_score("7", 0, 9) == 7.0 and parse_score("12", 0, 9) is None
+
+
+# --------------------------------------------------------------------------- budgets, answer tags, truncation
+
+
+class ScriptTok:
+    """A tokenizer stand-in: prompt k renders as text, reply ids index into the engine's script."""
+
+    chat_template = "stand-in"
+
+    def __init__(self, script):
+        self.script = script
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return messages[-1]["content"]
+
+    def __call__(self, texts, add_special_tokens):
+        return {"input_ids": [[len(t)] for t in texts]}
+
+    def decode(self, ids, skip_special_tokens):
+        return self.script[ids[0]][0]
+
+
+class ScriptEngine:
+    """Replies with the script's (text, finish_reason) in order and records the sampling it was asked for."""
+
+    def __init__(self, script):
+        self.script, self.sampling = script, []
+
+    def generate(self, prompts, sampling):
+        self.sampling.append(sampling)
+        return [[Sample([k], [0.0], self.script[k][1])] for k in range(len(prompts))]
+
+
+def judged(script, **kwargs):
+    trs = [Trace(id=str(i), group_id="g", task="t", prompt=[{"role": "user", "content": "q"}],
+                 turns=[Turn("user", "", [1]), Turn("assistant", "a", [2], trainable=True)]) for i in range(len(script))]
+    engine = ScriptEngine(script)
+    out = self_judge(trs, RewardContext(ScriptTok(script), engine), fallback=-1.0, **kwargs)
+    return out, [t.meta["judge.parse_failed"] for t in trs], engine.sampling[0].max_new_tokens
+
+
+def test_a_think_first_template_reads_the_tag_only_and_counts_truncation_as_failure():
+    script = [("<think>the source has 12 words, 3 wrong</think><answer>80</answer>", "stop"),  # 80 / 100
+              ("<think>the source has 12 words, 3 wrong ... 45", "length"),  # cut mid-reasoning: no score
+              ("<think>the source has 12 words</think> fine, 90", "stop"),  # no tag: not the last number
+              ("<think>ok</think><answer>60</answer> and more text", "length")]  # cut after its closed tag
+    out, failed, budget = judged(script)  # gemba: the default think-first template
+    assert out == [0.8, -1.0, -1.0, 0.6] and failed == [False, True, True, False]
+    assert budget == 1024
+
+
+def test_a_bare_number_template_has_a_short_budget_and_truncation_fails():
+    script = [("7", "stop"), ("I think 6 because 4", "length"), ("Score 3", "stop")]
+    out, failed, budget = judged(script, template="digit")
+    assert out == pytest.approx([7 / 9, -1.0, 3 / 9]) and failed == [False, True, False]
+    assert budget == 16
+    assert judged(script, template="digit", max_new_tokens=5)[2] == 5  # the recipe's value wins
+
+
+def test_a_score_colon_template_reads_after_the_last_score_label():
+    script = [("the answer misses 2 steps. Score: 4", "stop"), ("the answer misses 2 steps.", "stop"),
+              ("Score: 8 and then more", "length")]
+    out, failed, budget = judged(script, template="Rate {answer} 0-9. Explain, then end with Score: N", lo=0, hi=9)
+    assert out == pytest.approx([4 / 9, -1.0, -1.0]) and failed == [False, True, True]
+    assert budget == 1024
+
+
+@pytest.mark.parametrize("reply,tag,expected", [
+    ("<think>3 errors, 85 words</think> 70", "<answer>", None),  # the tag was asked for: no fallback
+    ("<think>3 errors</think><answer>70</answer>", "<answer>", 70.0),
+    ("score: 5 ... Score: 6", "Score:", 6.0),
+    ("<think>3 errors</think> 70", None, 70.0),  # a bare-number template: the last number
+])
+def test_parse_with_the_templates_tag(reply, tag, expected):
+    assert parse_score(reply, tag=tag) == expected
+
+
+def test_a_bad_budget_fails_at_recipe_time(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rewards:\n  - {fn: self_judge, kwargs: {max_new_tokens: 0}}\n"
+                      f"log: {{out: {tmp_path / 'runs'}}}\n")
+    assert main(["train", str(recipe)]) == 2
+    assert not (tmp_path / "runs").exists()
