@@ -39,8 +39,10 @@ def parse_score(reply: str, lo: float = 0.0, hi: float = 100.0, tag: str | None 
     if not reply or not reply.strip():
         return None
     tagged = TAGS[tag or "<answer>"].findall(reply)
-    if tag and not tagged:
-        return None
+    if tag and not tagged:  # the numbers of a reply without its tag are its reasoning's, unless that is all it is:
+        # a template whose "Score:" is the cue before the reply gets a bare "85"
+        if tag == "<answer>" or not _NUMBER.fullmatch(reply.strip()):
+            return None
     text = tagged[-1] if tagged else reply
     numbers = _NUMBER.findall(text)
     if not numbers:

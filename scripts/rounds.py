@@ -43,10 +43,13 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="run folder prefix (default: the recipe's stem)")
     ap.add_argument("--compare", action="store_true", help="also one constant-rate run of the same training time")
     args, overrides = ap.parse_known_args(argv)
+    args.recipe = str(Path(args.recipe).resolve())  # the rounds run from the repository root
     recipe = load_recipe(args.recipe, overrides)  # every mistake is found before the first round starts
-    t, out = recipe.train, recipe.log.out
+    t, out = recipe.train, str(Path(recipe.log.out).resolve())
     if t.lr_schedule != "infinite":
         ap.error("the recipe's train.lr_schedule must be infinite")
+    if recipe.log.keep_last < 2:  # the final save would prune the checkpoint the next round continues
+        ap.error("log.keep_last must be >= 2 (the annealing's start and the round's end)")
     anneal = t.lr_anneal_steps // t.mini_batches
     name = args.name or Path(args.recipe).stem
     rows, own_seconds, previous = [], 0.0, None
@@ -63,14 +66,16 @@ def main(argv=None) -> int:
         previous = str(Path(out) / f"{name}-round{r}" / "checkpoints" / f"step-{r * args.round_steps:06d}")
     print("round  steps  held-out accuracy  training seconds (all rounds so far)")
     for r, end, accuracy, seconds in rows:
-        print(f"{r:>5}  {end:>5}  {accuracy:>17.1%}  {seconds:>8.1f}")
+        shown = "-" if accuracy is None else f"{accuracy:.1%}"  # eval.after=false: not measured
+        print(f"{r:>5}  {end:>5}  {shown:>17}  {seconds:>8.1f}")
     if args.compare:
         summary = train(args.recipe, [*overrides, f"log.out={out}", f"log.name={name}-constant",
                                       "train.lr_schedule=constant", "train.warmup_steps=0", "train.steps=1000000",
                                       f"train.max_seconds={own_seconds:.1f}", "log.save_every=0"])
+        last, const = rows[-1][2], summary.get("accuracy_after")
         print(f"constant rate, same training time ({summary['train_seconds']:.1f} s, {summary['steps']} steps): "
-              f"held-out accuracy {summary.get('accuracy_after', float('nan')):.1%}; the rounds' last: "
-              f"{rows[-1][2]:.1%}")
+              f"held-out accuracy {'-' if const is None else f'{const:.1%}'}; the rounds' last: "
+              f"{'-' if last is None else f'{last:.1%}'}")
     return 0
 
 

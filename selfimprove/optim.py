@@ -36,13 +36,13 @@ def infinite_lambda(warm: int, total: int, cooldown: int, const: float, anneal: 
     `floor` x peak over the run's last `anneal` steps. Only the annealing depends on where the run ends, so a
     later round that continues the checkpoint saved where the annealing starts, with a larger
     train.steps, stays on the constant rate: no re-warming between rounds of self-generated data."""
-    start = total - anneal  # the first annealing step
+    start = total - anneal if anneal else math.inf  # the first annealing step (none: the run ends constant)
 
     def f(i: int) -> float:
         if i < warm:
             return (i + 1) / warm
-        if i >= start:
-            return const + (floor - const) * (i - start + 1) / anneal
+        if i >= start:  # the scheduler's step after the run's last (i = total) stays at the floor
+            return const + (floor - const) * min(i - start + 1, anneal) / anneal
         if i < warm + cooldown:
             return const + (1 - const) * 0.5 * (1 + math.cos(math.pi * (i - warm + 1) / cooldown))
         return const

@@ -41,7 +41,8 @@ def learning_errors(recipe, algo) -> list[str]:
         errs.append(f"generation.n=1: {algo.name} learns by comparing the samples of a group ({why}); "
                     "set generation.n >= 2")
     # explicitly `sampler` (auto resolves to trainer on vllm): is/tis themselves recompute pi_old on the trainer
-    if algo.old_logprobs(recipe.algorithm, "vllm") == "sampler" and g.mismatch_correction != "none":
+    chosen = getattr(recipe.algorithm, "old_logprobs", None)  # only methods that have the option (NFT, RFT)
+    if chosen == "sampler" and g.mismatch_correction != "none":
         errs.append(f"algorithm.old_logprobs=sampler contradicts generation.mismatch_correction="
                     f"{g.mismatch_correction}, which recomputes pi_old on the trainer and weights by pi_old/pi_engine")
     if g.temperature == 0:

@@ -114,6 +114,9 @@ def setup(recipe, log=print) -> State:
     if t.on_nonfinite == "skip" and uses_deepspeed(accelerator):  # its engine steps inside backward()
         raise UserError("train.on_nonfinite=skip is not available under DeepSpeed (its engine takes the optimizer "
                         "step itself); use stop")
+    if getattr(recipe.algorithm, "kl_estimator", None) == "full" and zero_stage(accelerator) == 3:
+        # the reference forward runs only on processes with a micro-batch; ZeRO-3's gathers need all of them
+        raise UserError("algorithm.kl_estimator=full is not available under DeepSpeed ZeRO-3; use k3, or ZeRO-2")
     if t.prompts_per_step % accelerator.num_processes:
         raise UserError(f"train.prompts_per_step={t.prompts_per_step} must be divisible by the "
                         f"{accelerator.num_processes} processes")

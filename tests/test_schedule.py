@@ -25,6 +25,9 @@ def test_infinite_schedule_worked_numbers():
     assert [later(i) for i in range(9)] == pytest.approx(expected[:9])
     assert [later(i) for i in range(9, 17)] == [0.5] * 8 and later(19) == 0.0
     assert lr_lambda("infinite", 2, 12, (4, 0.5, 3, 0.0))(10) == pytest.approx(1 / 6)
+    # the scheduler's step after the last (i = total): the floor, never below; no annealing: still constant
+    assert f(12) == 0.0 and f(13) == 0.0
+    assert infinite_lambda(warm=2, total=12, cooldown=4, const=0.5, anneal=0, floor=0.0)(12) == 0.5
 
 
 @pytest.mark.parametrize("override, message", [

@@ -160,6 +160,9 @@ def test_pi_old_from_the_trainer_without_a_weight():
     assert (nft.old_logprobs(cfg, "hf"), nft.old_logprobs(cfg, "vllm"), nft.old_logprobs(cfg, "vllm-server")) == \
         ("sampler", "trainer", "trainer")
     assert nft.old_logprobs(nft.Config(old_logprobs="trainer"), "hf") == "trainer"
+    for name in ("grpo", "score", "ssr"):  # methods without the option keep their mismatch correction
+        bind_recipe({"data": {"train": "arith"}, "generation": {"mismatch_correction": "tis"},
+                     "algorithm": {"name": name}})
     with pytest.raises(UserError, match="old_logprobs=sampler contradicts generation.mismatch_correction=tis"):
         bind_recipe({"data": {"train": "arith"}, "generation": {"mismatch_correction": "tis"},
                      "algorithm": {"name": "nft", "old_logprobs": "sampler"}})

@@ -145,6 +145,8 @@ def test_a_score_colon_template_reads_after_the_last_score_label():
     ("<think>3 errors, 85 words</think> 70", "<answer>", None),  # the tag was asked for: no fallback
     ("<think>3 errors</think><answer>70</answer>", "<answer>", 70.0),
     ("score: 5 ... Score: 6", "Score:", 6.0),
+    (" 85", "Score:", 85.0),  # the template's "Score:" was the cue: the reply is the bare number
+    ("3 errors, so 85", "Score:", None),
     ("<think>3 errors</think> 70", None, 70.0),  # a bare-number template: the last number
 ])
 def test_parse_with_the_templates_tag(reply, tag, expected):
