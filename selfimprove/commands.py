@@ -87,7 +87,8 @@ class EvalOptions:
     traces: str | None = opt(None, "write the traces as JSONL here")
     turns: int = opt(1, "2: self-correction (Acc@t1/t2, deltas, CL, CS, RSS)")
     k: int = opt(1, "samples per problem (two-turn evaluation, best-of-k)")
-    instruction: str = opt("reask", "second-turn instruction: reask, score, or any text")
+    instruction: str = opt("reask", "second-turn instruction: reask, score (SCoRe, MATH), score_code (SCoRe, code), "
+                           "or any text")
     plot: str | None = opt(None, "two-turn: write the outcome plot (PNG) here")
     pick: str | None = opt(None, "best-of-k: the reward that picks one of the k samples (judge_model, reward_model, "
                            "self_judge, ...); reward still decides correctness")
@@ -242,7 +243,8 @@ class CCTOptions:
     rows: int = opt(400, "rows in the mixture")
     keep_share: float = opt(0.4, "share of keep-a-correct-answer (CLT) rows")
     plain_share: float = opt(0.0, "share of plain SFT rows (SFT + CCT)")
-    instruction: str = opt("reask", "second-turn instruction: reask, score, or any text")
+    instruction: str = opt("reask", "second-turn instruction: reask, score (SCoRe, MATH), score_code (SCoRe, code), "
+                           "or any text")
     reward: str = opt("math_correct", "the reward that decides correctness")
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
     prompt_column: str = opt("prompt", "column with the prompt")
