@@ -89,7 +89,8 @@ class EvalOptions:
     traces: str | None = opt(None, "write the traces as JSONL here")
     turns: int = opt(1, "2: self-correction (Acc@t1/t2, deltas, CL, CS, RSS)")
     k: int = opt(1, "samples per problem (two-turn evaluation, best-of-k)")
-    instruction: str = opt("reask", "second-turn instruction: reask, score, confidence, critique, or any text")
+    instruction: str = opt("reask", "second-turn instruction: reask, score (SCoRe, MATH), score_code (SCoRe, code), "
+                           "confidence, critique, or any text")
     estimator: str = opt("auto", "two-turn: sampled | probabilities (label-token probabilities over the data's "
                          "choices/labels) | auto: probabilities when the data has a choices or labels column")
     prefill: str = opt(PREFILL, "probabilities: the assistant reply's prefill before the label token")
@@ -255,7 +256,8 @@ class CCTOptions:
     rows: int = opt(400, "rows in the mixture")
     keep_share: float = opt(0.4, "share of keep-a-correct-answer (CLT) rows")
     plain_share: float = opt(0.0, "share of plain SFT rows (SFT + CCT)")
-    instruction: str = opt("reask", "second-turn instruction: reask, score, confidence, critique, or any text")
+    instruction: str = opt("reask", "second-turn instruction: reask, score (SCoRe, MATH), score_code (SCoRe, code), "
+                           "confidence, critique, or any text")
     reward: str = opt("math_correct", "the reward that decides correctness")
     correct_threshold: float = opt(CORRECT_THRESHOLD, "a value of the reward >= this is correct")
     prompt_column: str = opt("prompt", "column with the prompt")

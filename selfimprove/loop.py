@@ -237,6 +237,8 @@ def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> 
         local[f"reward/{r.name}"] = sum(vals)
         local[f"sq/{r.name}"] = sum(v * v for v in vals)
         local[f"count/{r.name}"] = len(vals)
+    extra = state.algo.step_metrics(traces, state.recipe.algorithm)  # sums, as means over all traces below
+    local.update(extra)
     keys = sorted(local)
     tot = dict(zip(keys, global_sums(state.accelerator, [local[k] for k in keys])))
     # the longest and (negated) shortest completion over every process, in one reduction
@@ -244,6 +246,7 @@ def step_metrics(state: State, step: int, traces, train_traces, stats: dict) -> 
                                                                   device=state.accelerator.device), "max").tolist()
     n = max(tot["n"], 1)
     row = {"step": step + 1, "reward": tot["reward"] / n, "reward_std": _std(tot["reward_sq"], tot["reward"], n)}
+    row.update({k: tot[k] / n for k in extra})
     for r in state.rewards:
         count = tot[f"count/{r.name}"]  # null when the reward applied to no trace (e.g. chrF without references)
         row[f"rewards/{r.name}"] = tot[f"reward/{r.name}"] / count if count else None

@@ -69,6 +69,7 @@ def bind_recipe(raw: dict, source: str = ""):
         recipe = bind(Recipe, {k: v for k, v in raw.items() if k != "algorithm"}, "")
         recipe.algorithm = bind(algo.Config, algo_raw, "algorithm")
         validate(recipe)
+        algo.complete(recipe.algorithm, recipe)  # defaults read from other sections (SCoRe's Stage I length)
         errors = algo.check(recipe.algorithm) + learning_errors(recipe, algo)
     for err in errors:
         raise UserError(err)

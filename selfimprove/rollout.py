@@ -27,10 +27,18 @@ from selfimprove.trace import Trace, Turn
 
 CORRECT_THRESHOLD = 0.5
 
-# SCoRe's self-correction instruction for MATH (Kumar et al., arXiv 2409.12917, appendix prompt).
+# SCoRe's self-correction instructions (Kumar et al., arXiv 2409.12917, appendix C), verbatim: MATH (its
+# answer-format sentence matches the MATH zero-shot prompt's, so attempt 2 ends as attempt 1 does) and
+# MBPP/HumanEval.
 SCORE_INSTRUCTION = (
     "There might be an error in the solution above because of lack of understanding of the question. "
-    "Please correct the error, if any, and rewrite the solution."
+    "Please correct the error, if any, and rewrite the solution. Only output the final solution! At the end of "
+    "the Solution, when you give your final answer, write it in the form \"Final Answer: The final answer is "
+    "$answer$. I hope it is correct.\""
+)
+SCORE_CODE_INSTRUCTION = (
+    "There might be an error in the code above because of lack of understanding of the question. "
+    "Please correct the error, if any, and rewrite the solution. Only output the final correct Python program!"
 )
 REASK = "{question}"  # "Reask" (Yang et al., arXiv 2412.19513): the second user turn repeats the question
 # The same paper's "Confidence" (reassure, keep a right answer) and "Critique" (doubt, look for the error)
@@ -40,7 +48,8 @@ CONFIDENCE = ("{question}\nYour previous answer is probably correct. Keep it if 
               "change it only if you find a clear mistake.")
 CRITIQUE = ("{question}\nAre you sure? Think carefully about whether your previous answer is wrong, and correct "
             "it if it is.")
-INSTRUCTIONS = {"score": SCORE_INSTRUCTION, "reask": REASK, "confidence": CONFIDENCE, "critique": CRITIQUE}
+INSTRUCTIONS = {"score": SCORE_INSTRUCTION, "score_code": SCORE_CODE_INSTRUCTION, "reask": REASK, "confidence": CONFIDENCE,
+                "critique": CRITIQUE}
 
 
 def passes(value: float | None, threshold: float = CORRECT_THRESHOLD) -> bool:

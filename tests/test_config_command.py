@@ -3,7 +3,7 @@ hint naming the key here (issue 12, familiar names)."""
 
 import pytest
 
-from selfimprove.algorithms import ALGORITHMS
+from selfimprove.algorithms import ALGORITHMS, get_algorithm
 from selfimprove.cli import main
 from selfimprove.options import to_plain
 from selfimprove.programs import PROGRAMS
@@ -22,7 +22,12 @@ def test_the_printed_recipe_loads_and_holds_every_default(name, tmp_path, capsys
     loaded, expected = to_plain(recipe), to_plain(defaults)
     for section in ("model", "generation", "train", "log"):
         assert loaded[section] == expected[section], section
-    assert loaded["algorithm"] == to_plain(type(recipe.algorithm)())
+    algo_defaults = type(recipe.algorithm)()
+    if name in ALGORITHMS:  # defaults that depend on other sections (SCoRe: Stage I = half of train.steps)
+        get_algorithm(name).complete(algo_defaults, recipe)
+    assert loaded["algorithm"] == to_plain(algo_defaults)
+    if name == "score":
+        assert "stage1_steps: null" in text and recipe.algorithm.stage1_steps == recipe.train.steps // 2 > 0
     assert "# samples per prompt" in text or name in PROGRAMS  # every key carries its description
 
 

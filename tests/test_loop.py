@@ -62,6 +62,17 @@ def test_end_to_end_run_updates_weights_and_writes_the_run_folder(tmp_path, mini
         last = [json.loads(x) for x in (d / "traces.jsonl").read_text().splitlines()][-1]
         assert [t["role"] for t in last["turns"]] == ["user", "assistant", "user", "assistant"]
         assert last["meta"]["score.stage"] == 2
+        # per-step self-correction metrics: means over the step's 16 episodes, consistent with each other
+        assert [r["score/stage"] for r in rows] == [1.0, 2.0, 2.0]
+        for r in rows:
+            sc = {k.split("/")[1]: v for k, v in r.items() if k.startswith("selfcorrect/")}
+            assert set(sc) == {"r1", "r2", "acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i"}
+            assert all(v * 16 == pytest.approx(round(v * 16)) for k, v in sc.items() if k not in ("r1", "r2"))
+            assert sc["delta"] == pytest.approx(sc["acc_t2"] - sc["acc_t1"])
+            assert sc["delta"] == pytest.approx(sc["delta_i2c"] - sc["delta_c2i"])
+        assert (d / "self_correction.png").is_file()
+    else:
+        assert not (d / "self_correction.png").exists() and not any(k.startswith("selfcorrect/") for k in rows[0])
     s = json.loads((d / "summary.json").read_text())
     assert {"accuracy_before", "accuracy_after", "n_eval", "train_seconds"} <= set(s) and s["n_eval"] == 16
     ckpt = d / "checkpoints" / "step-000003"

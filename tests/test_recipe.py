@@ -123,3 +123,20 @@ def test_command_configs_bind_to_their_options(path):
     assert options.model and options.out
     if command == "eval":
         assert options.turns == 2 and options.k >= 1 and options.reward == "math_correct"
+
+
+def test_score_runs_stage1_by_default_for_half_of_train_steps(tmp_path):
+    """No silent 'without Stage I' ablation: an unset stage1_steps is half of train.steps; 0 is the ablation."""
+    p = write(tmp_path, DATA + "train: {steps: 301}\nalgorithm: {name: score}\n")
+    assert load_recipe(p).algorithm.stage1_steps == 150
+    assert load_recipe(p, ["train.steps=10"]).algorithm.stage1_steps == 5
+    assert load_recipe(p, ["algorithm.stage1_steps=0"]).algorithm.stage1_steps == 0
+    assert load_recipe(p, ["algorithm.stage1_steps=40"]).algorithm.stage1_steps == 40
+    r = load_recipe(p)
+    assert (r.algorithm.turn1_credit, r.algorithm.instruction) == ("reward", "score")
+    with pytest.raises(UserError, match=r"turn1_credit.*'reward', 'return'|turn1_credit.*reward.*return"):
+        load_recipe(p, ["algorithm.turn1_credit=shaped"])
+    with pytest.raises(UserError, match=r"turn1_gets_shaped.*did you mean"):  # the old option is gone, with a hint
+        load_recipe(p, ["algorithm.turn1_gets_shaped=true"])
+    with pytest.raises(UserError, match="stage1_steps must be >= 0"):
+        load_recipe(p, ["algorithm.stage1_steps=-1"])

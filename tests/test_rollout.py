@@ -13,6 +13,19 @@ def test_instruction_ids_follow_the_chat_template(mini_model):
     assert instruction_text("score", "q") == SCORE_INSTRUCTION
 
 
+def test_score_presets_are_the_papers_appendix_c_text_in_full():
+    """Kumar et al. (arXiv 2409.12917) appendix C, verbatim, the answer-format sentence included."""
+    assert instruction_text("score", "q") == (
+        "There might be an error in the solution above because of lack of understanding of the question. Please "
+        "correct the error, if any, and rewrite the solution. Only output the final solution! At the end of the "
+        "Solution, when you give your final answer, write it in the form \"Final Answer: The final answer is "
+        "$answer$. I hope it is correct.\"")
+    assert instruction_text("score_code", "q") == (
+        "There might be an error in the code above because of lack of understanding of the question. Please "
+        "correct the error, if any, and rewrite the solution. Only output the final correct Python program!")
+    assert instruction_text("Recheck {question}", "7*8=") == "Recheck 7*8="  # any other text is the instruction
+
+
 def test_second_attempt_is_built_on_token_ids(mini_model):
     model, tok = load_model(mini_model), load_tokenizer(mini_model)
     engine = HFEngine(model, tok, seed=0)

@@ -59,6 +59,11 @@ class Algorithm:
     instruction:     two-turn methods: (cfg) -> the instruction between attempt 1 and attempt 2; the loop
                      then samples attempt 2 after scoring attempt 1 and scores the episode again. None:
                      single-turn
+    complete:        (cfg, recipe) -> None: fills the options whose default depends on other sections (SCoRe's
+                     Stage I length is half of train.steps), when the recipe is read, before `check`
+    step_metrics:    (traces, cfg) -> {metric: sum over the step's traces}: the loop adds the sums up over
+                     processes and logs each divided by the number of traces (SCoRe: r1, r2, delta, ...); the
+                     keys must not depend on the traces (every process reduces the same list)
 
     Optional Config fields the record reads (a user's Config may lack them; then the default holds):
     kl_estimator (k3) and kl_in (loss) when needs_reference; old_logprobs (sampler); max_refill_rounds (0).
@@ -74,6 +79,8 @@ class Algorithm:
     zero_loss: Callable[[Trace, Any], bool] = never
     needs_groups: Callable[[Any], str | None] = lambda cfg: None
     instruction: Callable[[Any], str] | None = None
+    complete: Callable[[Any, Any], None] = lambda cfg, recipe: None
+    step_metrics: Callable[[list[Trace], Any], dict[str, float]] = lambda traces, cfg: {}
 
     def train_traces(self, traces: list[Trace], cfg) -> list[Trace]:
         """`prepare`, then, with `algorithm.mask_truncated` (DAPO's overlong filtering, TRL's

@@ -32,13 +32,19 @@ def summary_table(summary: dict, title: str = "selfimprove run summary") -> str:
     return cap.get().rstrip()
 
 
+def moving_mean(values: list[float], k: int = 10) -> list[float]:
+    """The mean of each value and the k - 1 before it (fewer at the start)."""
+    return [sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
+
+
 def plot_run(run_dir: Path, history: list[dict], evals: list[tuple[int, float]]) -> None:
-    """reward.png: mean reward per step (and its 10-step moving average); accuracy.png: eval accuracy."""
+    """reward.png: mean reward per step (and its 10-step moving average); accuracy.png: eval accuracy;
+    self_correction.png when the rows have two-turn metrics (SCoRe)."""
     if history:
         steps = [r["step"] for r in history]
         rewards = [r["reward"] for r in history]
         k = 10
-        smooth = [sum(rewards[max(0, i - k + 1) : i + 1]) / len(rewards[max(0, i - k + 1) : i + 1]) for i in range(len(rewards))]
+        smooth = moving_mean(rewards, k)
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(steps, rewards, alpha=0.35, label="reward")
         ax.plot(steps, smooth, label=f"{k}-step mean")
@@ -48,6 +54,8 @@ def plot_run(run_dir: Path, history: list[dict], evals: list[tuple[int, float]])
         fig.tight_layout()
         fig.savefig(run_dir / "reward.png", dpi=100)
         plt.close(fig)
+    if history and "selfcorrect/delta" in history[0]:
+        plot_self_correction_curves(run_dir / "self_correction.png", history)
     if evals:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([s for s, _ in evals], [100 * a for _, a in evals], marker="o")
@@ -56,6 +64,32 @@ def plot_run(run_dir: Path, history: list[dict], evals: list[tuple[int, float]])
         fig.tight_layout()
         fig.savefig(run_dir / "accuracy.png", dpi=100)
         plt.close(fig)
+
+
+SELF_CORRECTION_CURVES = {"selfcorrect/delta": ("delta = Acc@t2 - Acc@t1", "tab:blue"),
+                          "selfcorrect/delta_i2c": ("delta i->c (fixed)", "tab:green"),
+                          "selfcorrect/delta_c2i": ("delta c->i (broken)", "tab:red")}
+
+
+def plot_self_correction_curves(path: Path, history: list[dict], k: int = 10) -> None:
+    """The training episodes' delta, delta i->c and delta c->i per step (points%, faint) and their k-step
+    means, with a dotted line where Stage II begins when the rows say the stage (`score/stage`)."""
+    steps = [r["step"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, (label, color) in SELF_CORRECTION_CURVES.items():
+        values = [100 * r[key] for r in history]
+        ax.plot(steps, values, color=color, alpha=0.25)
+        ax.plot(steps, moving_mean(values, k), color=color, label=f"{label}, {k}-step mean")
+    stage2 = [r["step"] for r in history if r.get("score/stage") == 2]
+    if stage2 and stage2[0] > steps[0]:
+        ax.axvline(stage2[0], color="gray", linestyle=":", label="Stage II begins")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("% of training episodes")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def metrics_table(m: dict, title: str = "self-correction") -> str:

@@ -45,7 +45,7 @@ def test_a_two_turn_episode_with_a_truncated_attempt_is_dropped():
         tr.first_attempt.reward, tr.second_attempt.reward = tr.reward, tr.reward
     traces[1].first_attempt.finish_reason = "length"  # attempt 1 cut, attempt 2 whole
     assert [truncated(t) for t in traces] == [False, True]
-    kept = get_algorithm("score").train_traces(traces, score.Config(mask_truncated=True))
+    kept = get_algorithm("score").train_traces(traces, score.Config(stage1_steps=0, mask_truncated=True))
     assert [t.id for t in kept] == ["g-0"]
 
 
