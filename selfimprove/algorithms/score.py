@@ -133,8 +133,8 @@ def prepare(traces, cfg: Config):
             a1 = _advantages([-p for p in pen1], cfg.baseline) if any(pen1) else [0.0] * len(group)
             a2 = _advantages([r - p for r, p in zip(r2, pen2)], cfg.baseline)
         else:
-            c1 = [a + s for a, s in zip(r1, r2s)] if cfg.turn1_credit == "return" else r1
-            a1 = _advantages([r - p for r, p in zip(c1, pen1)], cfg.baseline)
+            credit = [a + s for a, s in zip(r1, r2s)] if cfg.turn1_credit == "return" else r1
+            a1 = _advantages([r - p for r, p in zip(credit, pen1)], cfg.baseline)
             a2 = _advantages([r - p for r, p in zip(r2s, pen2)], cfg.baseline)
         for tr, x1, x2, s in zip(group, a1, a2, r2s):
             tr.first_attempt.advantage, tr.second_attempt.advantage = x1, x2
