@@ -73,7 +73,9 @@ TRL_NAMES = {
 
 
 def closest(key: str, options) -> str:
-    near = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5) or sorted(
+    # a known key plus a suffix ("lr_rate") means that key, before any merely similar longer one ("lr_min_ratio")
+    stems = sorted((o for o in options if str(key).startswith(f"{o}_")), key=len, reverse=True)
+    near = stems or difflib.get_close_matches(key, list(options), n=1, cutoff=0.5) or sorted(
         (o for o in options if key.startswith(o) or o.startswith(key)), key=len, reverse=True)
     return f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(sorted(options))}"
 
