@@ -15,7 +15,6 @@ from selfimprove.cli import main
 from selfimprove.optim import infinite_lambda, lr_lambda
 
 
-
 def test_infinite_schedule_worked_numbers():
     f = infinite_lambda(warm=2, total=12, cooldown=4, const=0.5, anneal=3, floor=0.0)
     c = [0.5 + 0.25 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3)]  # cosine cool-down 1 -> 0.5
