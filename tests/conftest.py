@@ -1,6 +1,8 @@
 """Shared fixtures: a quickly built tiny-world model, recipe files on top of one small base, and traces."""
 
+import json
 import os
+import shutil
 
 # before anything imports huggingface_hub, which reads these once
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,6 +33,20 @@ def mini_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "mini"
     build_tiny(out, TinySpec(warm_steps=40, warm_batch=64), log=lambda *a: None)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def base_model(mini_model, tmp_path_factory):
+    """The mini model with its chat template removed: a base model's tokenizer (read-only in tests)."""
+    base = tmp_path_factory.mktemp("base") / "m"
+    shutil.copytree(mini_model, base)
+    cfg_path = base / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    for extra in base.glob("chat_template.*"):
+        extra.unlink()
+    return str(base)
 
 
 @pytest.fixture

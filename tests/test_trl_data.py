@@ -5,7 +5,6 @@ Python; GSM8K-, MATH- and verl-style data trained a few steps with every reward 
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import datasets
@@ -88,20 +87,13 @@ def test_chat_template_override_from_a_file_and_its_kwargs(tok, tmp_path):
         set_chat_template(tok, "{% for m in messages %}")
 
 
-def test_a_base_model_without_chat_template_trains_on_raw_prompts(tmp_path, mini_model, write_recipe, problems,
+def test_a_base_model_without_chat_template_trains_on_raw_prompts(tmp_path, base_model, write_recipe, problems,
                                                                   capsys):
-    base = tmp_path / "base"
-    shutil.copytree(mini_model, base)
-    cfg_path = base / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.pop("chat_template", None)
-    cfg_path.write_text(json.dumps(cfg))
-    for extra in base.glob("chat_template.*"):
-        extra.unlink()
-    assert load_tokenizer(str(base), chat_template=False).chat_template is None
+    base = base_model
+    assert load_tokenizer(base, chat_template=False).chat_template is None
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": TEMPLATED.format(q=q), "answer": a}) + "\n" for q, a in problems))
-    p = write_recipe(model={"path": str(base)}, data={"train": str(data), "eval": None}, eval={},
+    p = write_recipe(model={"path": base}, data={"train": str(data), "eval": None}, eval={},
                      train={"steps": 1})
     assert run(load_recipe(p), log=lambda *a: None)["steps"] == 1
     conv = tmp_path / "c.jsonl"
@@ -275,15 +267,8 @@ def test_csv_cells_stay_text_and_missing_columns_are_absent(tmp_path):
     assert [e.id for e in load_examples(str(mixed), DataConfig(), "train")] == ["first", "data-1"]
 
 
-def test_two_turn_eval_on_a_tokenizer_without_template_is_one_line(tmp_path, mini_model, capsys):
-    base = tmp_path / "base"
-    shutil.copytree(mini_model, base)
-    cfg = json.loads((base / "tokenizer_config.json").read_text())
-    cfg.pop("chat_template", None)
-    (base / "tokenizer_config.json").write_text(json.dumps(cfg))
-    for extra in base.glob("chat_template.*"):
-        extra.unlink()
-    code = main(["eval", str(base), "--data", "arith", "--n", "4", "--turns", "2", "--k", "2", "--temperature", "1"])
+def test_two_turn_eval_on_a_tokenizer_without_template_is_one_line(base_model, capsys):
+    code = main(["eval", base_model, "--data", "arith", "--n", "4", "--turns", "2", "--k", "2", "--temperature", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "has no chat template" in err[0], err
 

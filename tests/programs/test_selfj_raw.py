@@ -2,7 +2,6 @@
 "{instruction}\n\n### Response:" (nusnlp/Self-J templates/wizardlm.json), and the paper recipe starts."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,9 @@ PAPER = ROOT / "recipes/selfj/llama2-13b_lora.yaml"
 
 
 @pytest.fixture(scope="module")
-def base_model(mini_model, tmp_path_factory):
-    """The mini model with its chat template removed: a base model's tokenizer."""
-    base = tmp_path_factory.mktemp("base") / "m"
-    shutil.copytree(mini_model, base)
-    cfg_path = base / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.pop("chat_template", None)
-    cfg_path.write_text(json.dumps(cfg))
-    for extra in base.glob("chat_template.*"):
-        extra.unlink()
-    assert load_tokenizer(str(base), chat_template=False).chat_template is None
-    return str(base)
+def base_model(base_model):
+    assert load_tokenizer(base_model, chat_template=False).chat_template is None
+    return base_model
 
 
 def test_raw_format_modes(base_model, mini_model):
