@@ -78,6 +78,9 @@ class GenerationConfig:
     mismatch_correction: str = opt("none", "none | is | tis: weight each token by pi_trainer/pi_engine "
                                    "(vllm backends), capped at mismatch_cap for tis")
     mismatch_cap: float = opt(2.0, "cap of the truncated importance weight (tis)")
+    max_staleness: int = opt(0, "asynchronous rollout: 0 samples each step with the current weights; k > 0 samples "
+                             "step s+1 while step s trains (hf: on a copy of the model; vllm-server), the engine "
+                             "receiving the weights every k steps: a trained batch is at most k updates old")
     gpu_memory_utilization: float = opt(0.3, "vllm: the engine's share of each GPU")
     sleep: bool = opt(True, "vllm: free the engine's weights and KV cache during the update (GPU only)")
     weight_bucket_mb: int = opt(512, "vllm: the weight push sends buckets of about this size")
@@ -309,7 +312,11 @@ def check_generation(g: GenerationConfig) -> None:
     ])
     check_ranges(g, "generation.", {"mismatch_cap": ">=1", "gpu_memory_utilization": "(0,1]", "weight_bucket_mb": ">=1",
                                     "max_model_len": ">=0", "server_timeout": ">0", "server_connect_timeout": ">=0",
-                                    "server_group_port": "[1,65535]"})
+                                    "server_group_port": "[1,65535]", "max_staleness": ">=0"})
+    if g.max_staleness and g.backend == "vllm":
+        raise UserError("generation.max_staleness > 0 needs an engine of its own while the update runs: "
+                        "backend hf (a copy of the model) or vllm-server, not the colocated vllm (it sleeps during "
+                        "the update)")
 
 
 def check_optim(t: OptimConfig) -> None:

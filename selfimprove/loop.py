@@ -17,8 +17,9 @@ from contextlib import nullcontext
 import torch
 from accelerate.utils import gather_object
 
-from reward import RewardContext, score
-from selfimprove import checkpoint, dynamic, rollout
+from reward import RewardContext
+from selfimprove import checkpoint
+from selfimprove.ahead import Ahead, engine_weights, rollout
 from selfimprove.algorithms.common import aggregate, frac_all_equal
 from selfimprove.batch import collate, micro_batches, token_logprobs
 from selfimprove.distributed import (
@@ -29,9 +30,7 @@ from selfimprove.distributed import (
     global_sums,
     uses_deepspeed,
     weights_identical,
-    whole_parameters,
 )
-from selfimprove.engines import Sampling
 from selfimprove.errors import Interrupted, UserError
 from selfimprove.evaluation import evaluate
 from selfimprove.evaluation.report import plot_run, summary_table
@@ -43,40 +42,6 @@ from selfimprove.progress import progress_bar, progress_line
 from selfimprove.resume import failure, fresh, interrupted, resume, save
 from selfimprove.state import State, setup
 from selfimprove.trace import dump_jsonl
-
-
-def sampling_of(g) -> Sampling:
-    return Sampling.of(g)
-
-
-def sample_step(state: State, step: int, extra: int = 0):
-    """This process's share of the step's prompts (cycling through the training set), sampled with one
-    random stream per (seed, global prompt position): the same samples with 1 or N processes. `extra` > 0:
-    a refill round (dynamic.py), the next prompts_per_step prompts of the stream (state.data_offset)."""
-    t, acc = state.recipe.train, state.accelerator
-    share = t.prompts_per_step // acc.num_processes
-    first = (step + extra) * t.prompts_per_step + state.data_offset + acc.process_index * share
-    examples = [state.train_examples[first + i] for i in range(share)]
-    seeds = [state.recipe.seed * 1_000_000_007 + first + i for i in range(len(examples))]
-    return rollout.sample(state.engine, state.tokenizer, examples, sampling_of(state.recipe.generation),
-                          tag=f"s{step}{f'.{extra}' if extra else ''}-r{acc.process_index}",
-                          max_prompt_tokens=state.recipe.data.max_prompt_tokens, version=step, seeds=seeds)
-
-
-def score_everywhere(state: State, traces, step: int, logged: dict | None = None) -> None:
-    """Score; if a reward fails on any process, every process stops with an error (none waits forever).
-    `logged` collects what TRL-style rewards pass to log_metric."""
-    error = None
-    try:
-        ctx = RewardContext(state.tokenizer, state.engine, step, state.recipe.train.steps,
-                            logged if logged is not None else {})
-        score(traces, state.rewards, ctx)
-    except UserError as e:
-        error = UserError(f"step {step + 1}: {e}")
-    if any_process(state.accelerator, error is not None) and error is None:
-        raise UserError(f"a reward failed on another process at step {step + 1} (its message is in that process's output)")
-    if error is not None:
-        raise error
 
 
 def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
@@ -151,17 +116,13 @@ def _collect(extra: dict, metrics: dict) -> None:
         extra.setdefault(key, []).append(v)
 
 
-def engine_weights(state: State):
-    """The hf engine samples from the trainer's module, whose weights ZeRO-3 shards: gather them for
-    generation and self-judging. vLLM engines hold their own copy."""
-    hf = state.recipe.generation.backend == "hf"
-    return whole_parameters(state.accelerator, state.model) if hf else nullcontext()
-
-
 def run_eval(state: State, tag: str) -> float:
     """Accuracy on the eval set; each process scores a shard, the counts are summed."""
     acc = state.accelerator
     shard = state.eval_examples[acc.process_index :: acc.num_processes]
+    if state.ahead is not None:  # the engine evaluates the current weights, once the batch in flight is sampled
+        state.ahead.settle()
+        state.ahead.push(state, state.step + (tag != "before"))
     ctx = RewardContext(state.tokenizer, state.engine, state.step)
     with engine_weights(state):
         accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
@@ -179,34 +140,31 @@ def run_eval(state: State, tag: str) -> float:
 
 
 def train_step(state: State, step: int) -> tuple[dict, list]:
-    """One rollout step; returns (metrics, traces)."""
-    recipe, algo = state.recipe, state.algo
-    t0, logged = time.perf_counter(), {}
-    with engine_weights(state):
-        traces = sample_step(state, step)
-        t1 = time.perf_counter()
-        score_everywhere(state, traces, step, logged)
-        traces = dynamic.refill(state, step, traces, sample_step, score_everywhere, logged)  # DAPO's refill
-        t2 = time.perf_counter()
-        if algo.instruction is not None:  # two-turn methods: attempt 2 after the instruction, scored again
-            rollout.add_second_attempt(state.engine, state.tokenizer, traces, algo.instruction(recipe.algorithm),
-                                       sampling_of(recipe.generation), chat_kwargs=recipe.data.chat_template_kwargs)
-            t_ext = time.perf_counter()
-            score_everywhere(state, traces, step)
-            rollout.keep_attempt_reward(traces, 1)
-            t1, t2 = t1 + (t_ext - t2), time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
+    """One rollout step; returns (metrics, traces). Asynchronous rollout (state.ahead): the step's batch was
+    sampled behind the previous update, and the next one is sampled behind this one."""
+    t0, ahead = time.perf_counter(), state.ahead
+    if ahead is None:
+        traces, logged, t_gen, t_reward = rollout(state, step)
+    else:
+        traces, logged, t_gen, t_reward, waited = ahead.take(state, step)
+        t_push = ahead.submit(state, step)
+    t2 = time.perf_counter()
     # engine asleep; reference / trainer passes; prepare (advantages) and mask_truncated
     train_traces, ref_lp, trainer_lp = before_update(state, traces)
     t3 = time.perf_counter()
     stats = update(state, train_traces, ref_lp, trainer_lp)
     t4 = time.perf_counter()
-    state.engine.load_weights()  # the HF engine shares the model; vLLM engines receive the new weights
+    if ahead is None:
+        state.engine.load_weights()  # the HF engine shares the model; vLLM engines receive the new weights
     t5 = time.perf_counter()
     row = step_metrics(state, step, traces, train_traces, stats)
     row.update(logged_means(state.accelerator, logged))
-    row.update({"time/generate": t1 - t0, "time/reward": t2 - t1, "time/logprob": t3 - t2, "time/update": t4 - t3,
-                "time/weight_sync": t5 - t4, "time/step": t5 - t0,
+    row.update({"time/generate": t_gen, "time/reward": t_reward, "time/logprob": t3 - t2, "time/update": t4 - t3,
+                "time/weight_sync": t5 - t4 if ahead is None else t_push, "time/step": t5 - t0,
                 "tokens_per_s": row.pop("gen_tokens") / max(t5 - t0, 1e-9)})
+    if ahead is not None:  # the rollout's seconds on the critical path, and the sampler's lag
+        row["time/rollout_wait"] = waited
+        row["staleness"] = sum(step - tr.policy_version for tr in traces) / max(len(traces), 1)
     row.update(stats)
     return row, traces
 
@@ -291,6 +249,7 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
     t_cfg, e_cfg, l_cfg = recipe.train, recipe.eval, recipe.log
     summary = state.summary = {"algorithm": recipe.algorithm.name, "model": recipe.model.path}
     evals = state.evals
+    state.ahead = Ahead(state) if recipe.generation.max_staleness else None  # asynchronous rollout (ahead.py)
     start = resume(state, log) if state.resume_from is not None else fresh(state)
     if e_cfg.before and start == 0:
         summary["accuracy_before"] = run_eval(state, "before")
@@ -350,6 +309,8 @@ def _train(state: State, interrupts: Interrupts, log) -> dict:
         summary["ranks_weights_identical"], summary["weights_sha256"] = weights_identical(acc, state.model)
     _finish(state, summary, evals, log)
     acc.wait_for_everyone()
+    if state.ahead is not None:
+        state.ahead.close()
     state.engine.close()
     acc.end_training()  # tear the process group down before exit (gloo aborts at exit otherwise)
     write_final(state, log)  # final/ (and its push) after the processes part: no barrier waits on an upload

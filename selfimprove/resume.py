@@ -21,6 +21,9 @@ def save(state: State, step: int, elapsed: float) -> None:
              "data_offset": state.data_offset, "elapsed": elapsed,
              "evals": list(state.evals), "summary": dict(state.summary),
              "run": checkpoint.run_signature(state.recipe, state.accelerator.num_processes)}
+    if state.ahead is not None:  # the batch in flight, sampled for step + 1; the engine gets the weights there
+        extra["ahead"] = state.ahead.checkpoint_entry(state.accelerator)
+        state.ahead.saved_at = step
     checkpoint.save(state.run, step, state.accelerator, state.model, state.tokenizer, state.optimizer,
                     state.scheduler, state.engine, extra, state.recipe.log.keep_last,
                     state.recipe.model.dtype)
@@ -78,7 +81,9 @@ def resume(state: State, log) -> int:
     state.step = ts["step"]
     state.engine.load_weights()  # a vLLM engine loaded the starting checkpoint: give it the resumed weights
     state.elapsed = ts["elapsed"]
-    state.data_offset = ts.get("data_offset", 0)  # checkpoints from before dynamic sampling's refill: none
+    state.data_offset = ts.get("data_offset", 0)
+    if state.ahead is not None:
+        state.ahead.restore(ts.get("ahead"), state.accelerator, ts["step"])  # checkpoints from before dynamic sampling's refill: none
     state.evals.extend(tuple(e) for e in ts["evals"])
     state.summary.update(ts["summary"])
     state.summary["resumed_from"] = str(state.resume_from)

@@ -63,6 +63,7 @@ class State:
     summary: dict = field(default_factory=dict)
     elapsed: float = 0.0  # training seconds before this process started (resumed runs)
     reward_idle: dict = field(default_factory=dict)  # reward name -> steps running it applied to no trace
+    ahead: object = None  # asynchronous rollout (ahead.Ahead) when generation.max_staleness > 0
     data_offset: int = 0  # prompts the refill rounds of dynamic sampling took from the stream so far (dynamic.py)
 
 

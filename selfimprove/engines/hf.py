@@ -60,8 +60,9 @@ def row_uniforms(seeds: list[int], n: int, steps: int, device) -> torch.Tensor:
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, seed: int = 0):
+    def __init__(self, model, tokenizer, seed: int = 0, source=None):
         self.model = model
+        self.source = source  # asynchronous rollout: `model` is this engine's own copy of the trainer's `source`
         self.tokenizer = tokenizer
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}  # built once per set of stop strings
         self.eos_id = tokenizer.eos_token_id
@@ -73,9 +74,14 @@ class HFEngine:
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    # The trainer and this engine share one model object, so the weights are always current.
     def load_weights(self) -> None:
-        return None
+        """Shared with the trainer: the weights are always current. A copy (asynchronous rollout): the trainer's
+        weights are copied into it, in the copy's dtype."""
+        if self.source is None:
+            return
+        with torch.no_grad():
+            for dst, src in zip(self.model.parameters(), self.source.parameters(), strict=True):
+                dst.copy_(src)
 
     def sleep(self) -> None:
         return None

@@ -1,0 +1,248 @@
+"""A step's rollout (sample, score, DAPO's refill, SCoRe's second attempt), now or ahead of time.
+
+`rollout` is the synchronous loop's: the step's traces are sampled with the weights being trained.
+`Ahead` is asynchronous rollout (generation.max_staleness = k > 0, as verl's one-step-off-policy and
+prime-rl's async level): while step s trains in the main thread, a background thread samples and scores
+step s + 1's batch on an engine of its own (the hf engine's copy of the model, or a vLLM server). The
+engine receives the trainer's weights at the start of every k-th step (and of the step after a checkpoint),
+before the next batch is submitted, so a trained batch is at most k updates old, and which weights sampled
+which batch depends only on the step numbers: the run is deterministic, and a resumed one equals an
+uninterrupted one (the batch in flight is saved with each checkpoint). Each trace records the policy
+version that sampled it; the loss uses the sampler's log-probs as pi_old (the ratio corrects the
+staleness, as PPO's clipping does), plus generation.mismatch_correction where it is on.
+
+The background thread does no collective: it samples, scores and adds second attempts on this process
+alone; the vote on a failed reward and the refill rounds (global counts) run in the main thread when the
+batch is taken. Evaluation and checkpoints wait for the batch in flight first (the engine is one).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import gather_object
+
+from reward import RewardContext, score
+from selfimprove import dynamic
+from selfimprove import rollout as sampling
+from selfimprove.distributed import any_process, whole_parameters, zero_stage
+from selfimprove.engines import Sampling
+from selfimprove.engines.hf import HFEngine
+from selfimprove.errors import UserError
+from selfimprove.policy import frozen_copy
+from selfimprove.trace import Trace
+
+
+def sampling_of(g) -> Sampling:
+    return Sampling.of(g)
+
+
+def sample_step(state, step: int, extra: int = 0, version: int | None = None):
+    """This process's share of the step's prompts (cycling through the training set), sampled with one
+    random stream per (seed, global prompt position): the same samples with 1 or N processes. `extra` > 0:
+    a refill round (dynamic.py), the next prompts_per_step prompts of the stream (state.data_offset).
+    `version`: the policy version of the engine's weights (default: the step's own)."""
+    t, acc = state.recipe.train, state.accelerator
+    share = t.prompts_per_step // acc.num_processes
+    first = (step + extra) * t.prompts_per_step + state.data_offset + acc.process_index * share
+    examples = [state.train_examples[first + i] for i in range(share)]
+    seeds = [state.recipe.seed * 1_000_000_007 + first + i for i in range(len(examples))]
+    return sampling.sample(state.engine, state.tokenizer, examples, sampling_of(state.recipe.generation),
+                           tag=f"s{step}{f'.{extra}' if extra else ''}-r{acc.process_index}",
+                           max_prompt_tokens=state.recipe.data.max_prompt_tokens,
+                           version=step if version is None else version, seeds=seeds)
+
+
+def score_local(state, traces, step: int, logged: dict | None = None) -> UserError | None:
+    """Score on this process; a reward's failure is returned (as the step's one line), not raised.
+    `logged` collects what TRL-style rewards pass to log_metric."""
+    try:
+        ctx = RewardContext(state.tokenizer, state.engine, step, state.recipe.train.steps,
+                            logged if logged is not None else {})
+        score(traces, state.rewards, ctx)
+    except UserError as e:
+        return UserError(f"step {step + 1}: {e}")
+    return None
+
+
+def vote(state, error: UserError | None) -> None:
+    """If a reward failed on any process, every process stops with an error (none waits forever)."""
+    if any_process(state.accelerator, error is not None) and error is None:
+        raise UserError(f"a reward failed on another process at step {state.step + 1} (its message is in that "
+                        "process's output)")
+    if error is not None:
+        raise error
+
+
+def score_everywhere(state, traces, step: int, logged: dict | None = None) -> None:
+    vote(state, score_local(state, traces, step, logged))
+
+
+def engine_weights(state):
+    """The hf engine samples from the trainer's module, whose weights ZeRO-3 shards: gather them for
+    generation and self-judging. vLLM engines, and the hf engine's copy, hold their own weights."""
+    hf = state.recipe.generation.backend == "hf" and getattr(state.engine, "source", None) is None
+    return whole_parameters(state.accelerator, state.model) if hf else nullcontext()
+
+
+def second_attempt(state, traces, step: int, logged: dict | None = None) -> UserError | None:
+    """Two-turn methods: attempt 2 after the instruction, scored again (each attempt's reward on its turn)."""
+    recipe = state.recipe
+    sampling.add_second_attempt(state.engine, state.tokenizer, traces, state.algo.instruction(recipe.algorithm),
+                                sampling_of(recipe.generation), chat_kwargs=recipe.data.chat_template_kwargs)
+    error = score_local(state, traces, step, logged)
+    if error is None:
+        sampling.keep_attempt_reward(traces, 1)
+    return error
+
+
+def rollout(state, step: int) -> tuple[list, dict, float, float]:
+    """The synchronous rollout: (traces, logged, generation seconds, reward seconds)."""
+    t0, logged = time.perf_counter(), {}
+    with engine_weights(state):
+        traces = sample_step(state, step)
+        t1 = time.perf_counter()
+        score_everywhere(state, traces, step, logged)
+        traces = dynamic.refill(state, step, traces, sample_step, score_everywhere, logged)  # DAPO's refill
+        t2 = time.perf_counter()
+        if state.algo.instruction is not None:
+            vote(state, second_attempt(state, traces, step))
+            t_ext = time.perf_counter()  # attempt 2 counts as generation, its scoring as reward
+            t1, t2 = t1 + (t_ext - t2), t_ext
+    return traces, logged, t1 - t0, t2 - t1
+
+
+@dataclass
+class Batch:
+    """A rollout sampled ahead: its traces, what its rewards logged, its seconds, a reward's failure."""
+
+    traces: list
+    logged: dict = field(default_factory=dict)
+    t_generate: float = 0.0
+    t_reward: float = 0.0
+    error: UserError | None = None
+
+
+def _ahead(state, step: int, version: int) -> Batch:
+    """The background part of step `step`'s rollout: local work only (no collective)."""
+    t0, logged = time.perf_counter(), {}
+    traces = sample_step(state, step, version=version)
+    t1 = time.perf_counter()
+    error = score_local(state, traces, step, logged)
+    t_gen, t_rew = t1 - t0, time.perf_counter() - t1
+    if error is None and state.algo.instruction is not None:
+        t2 = time.perf_counter()
+        error = second_attempt(state, traces, step)
+        t_gen += time.perf_counter() - t2  # with its scoring, as the synchronous loop's split roughly
+    return Batch(traces, logged, t_gen, t_rew, error)
+
+
+class Ahead:
+    """Asynchronous rollout: one batch in flight on one background thread (see the module's docstring)."""
+
+    def __init__(self, state):
+        g, acc = state.recipe.generation, state.accelerator
+        self.k = g.max_staleness
+        if g.backend == "hf":
+            if zero_stage(acc) == 3:
+                raise UserError("generation.max_staleness > 0 with the hf engine keeps a whole copy of the model, "
+                                "which DeepSpeed ZeRO-3 shards; use generation.backend=vllm-server, or ZeRO-2")
+            state.engine = own_copy(state, acc.unwrap_model(state.model))
+        # the thread samples with the trainer's torch thread count (OpenMP's is per thread: a new one has the default)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout", initializer=torch.set_num_threads,
+                                       initargs=(torch.get_num_threads(),))
+        self.pending: tuple[int, Future | Batch] | None = None
+        self.version = 0  # the policy version (updates done) of the engine's weights
+        self.saved_at = -1  # the step a checkpoint was saved before: the engine receives the weights there
+
+    def take(self, state, step: int) -> tuple[list, dict, float, float, float]:
+        """Step `step`'s batch: (traces, logged, generation s, reward s, s waited for it). Without a batch in
+        flight (the first step) it is sampled now, with the current weights; the vote on a failed reward and
+        the refill rounds run here, in the main thread."""
+        t0 = time.perf_counter()
+        if self.pending is not None and self.pending[0] == step:
+            batch = self.wait()
+        else:
+            if self.version != step:  # the engine holds other weights than the trainer's (not at a fresh start)
+                self.push(state, step)
+            batch = _ahead(state, step, self.version)
+        waited = time.perf_counter() - t0
+        vote(state, batch.error)
+        t1 = time.perf_counter()
+        traces = dynamic.refill(state, step, batch.traces, self._sample, score_everywhere, batch.logged)
+        return traces, batch.logged, batch.t_generate + time.perf_counter() - t1, batch.t_reward, waited
+
+    def _sample(self, state, step: int, extra: int = 0):
+        return sample_step(state, step, extra, version=self.version)
+
+    def submit(self, state, step: int) -> float:
+        """Before step `step`'s update (the trainer holds version `step`): the engine receives the weights at
+        every k-th step and at the first step after a checkpoint; then step + 1 is sampled behind the update.
+        Returns the seconds of the weight push."""
+        t0 = time.perf_counter()
+        if step % self.k == 0 or step == self.saved_at:
+            self.push(state, step)
+        t1 = time.perf_counter()
+        if step + 1 < state.recipe.train.steps:
+            self.pending = (step + 1, self.pool.submit(_ahead, state, step + 1, self.version))
+        return t1 - t0
+
+    def push(self, state, version: int) -> None:
+        """The trainer's weights (version = updates done) into the idle engine."""
+        state.engine.load_weights()
+        self.version = version
+
+    def wait(self) -> Batch:
+        """The batch in flight, once sampled (it stays pending until taken)."""
+        step, job = self.pending
+        batch = job.result() if isinstance(job, Future) else job
+        self.pending = None
+        return batch
+
+    def settle(self) -> None:
+        """Let the batch in flight finish (before the engine evaluates or a checkpoint is written)."""
+        if self.pending is not None and isinstance(self.pending[1], Future):
+            self.pending = (self.pending[0], self.pending[1].result())
+
+    def checkpoint_entry(self, accelerator) -> dict:
+        """What a checkpoint keeps of the rollout in flight: every process's batch, the engine's version."""
+        self.settle()
+        mine = None
+        if self.pending is not None:
+            step, b = self.pending
+            mine = {"step": step, "traces": [tr.to_dict() for tr in b.traces], "logged": b.logged,
+                    "t_generate": b.t_generate, "t_reward": b.t_reward, "error": str(b.error) if b.error else None}
+        batches = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+        return {"version": self.version, "batches": batches}
+
+    def restore(self, entry: dict | None, accelerator, start: int) -> None:
+        """A resumed run: the batch that was in flight at the checkpoint; the engine gets the weights at `start`."""
+        self.saved_at = start
+        if not entry:
+            return
+        self.version = entry["version"]
+        mine = entry["batches"][accelerator.process_index]
+        if mine is not None:
+            traces = [Trace.from_dict(d) for d in mine["traces"]]
+            error = UserError(mine["error"]) if mine["error"] else None
+            self.pending = (mine["step"], Batch(traces, mine["logged"], mine["t_generate"], mine["t_reward"], error))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def own_copy(state, module) -> HFEngine:
+    """An hf engine on a copy of the trainer's module, in model.dtype (as a vLLM engine holds its weights),
+    with the same sampler seed as the shared engine it replaces."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    copy = frozen_copy(module)
+    copy.__dict__.pop("forward", None)  # accelerate's autocast wrapper would call the trainer's own forward
+    copy.to(dtypes[state.recipe.model.dtype])
+    old = state.engine
+    engine = HFEngine(copy, state.tokenizer, source=module)
+    engine.generator.set_state(old.generator.get_state())
+    return engine
