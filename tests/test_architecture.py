@@ -26,7 +26,7 @@ LAYERS = [
     ["reward"],
     ["selfimprove.rollout", "selfimprove.logprobs", "selfimprove.checkpoint", "selfimprove.algorithms",
      "selfimprove.evaluation", "selfimprove.cct"],
-    ["selfimprove.programs", "selfimprove.recipe", "selfimprove.export", "selfimprove.state", "selfimprove.resume", "selfimprove.dynamic", "selfimprove.loop", "selfimprove"],
+    ["selfimprove.programs", "selfimprove.recipe", "selfimprove.export", "selfimprove.state", "selfimprove.resume", "selfimprove.dynamic", "selfimprove.ahead", "selfimprove.loop", "selfimprove"],
     ["selfimprove.tiny"],  # the tiny world: above the library, which finds it by name only
     ["selfimprove.commands", "selfimprove.cli", "selfimprove.__main__"],
 ]
