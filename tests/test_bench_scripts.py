@@ -17,6 +17,7 @@ import bench_vs_trl  # noqa: E402
 import race  # noqa: E402
 
 
+@pytest.mark.slow  # four subprocesses (two cells, our default and a variant): ~40 s of CPU
 def test_bench_scaling_quick_prints_a_table_of_positive_numbers(tmp_path):
     out = tmp_path / "scaling.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench_scaling.py"), "--quick", "--no-trl",
