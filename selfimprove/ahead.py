@@ -152,6 +152,8 @@ class Ahead:
                 raise UserError("generation.max_staleness > 0 with the hf engine keeps a whole copy of the model, "
                                 "which DeepSpeed ZeRO-3 shards; use generation.backend=vllm-server, or ZeRO-2")
             state.engine = own_copy(state, acc.unwrap_model(state.model))
+        elif hasattr(state.engine, "local"):  # vllm-server: each process requests its own share, no gather
+            state.engine.local = True
         # the thread samples with the trainer's torch thread count (OpenMP's is per thread: a new one has the default)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout", initializer=torch.set_num_threads,
                                        initargs=(torch.get_num_threads(),))

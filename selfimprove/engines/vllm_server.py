@@ -88,6 +88,7 @@ class VLLMServerEngine:
         self.lora = lora_r > 0
         self.client = None
         self.communicator_ready = False
+        self.local = False  # True: each process sends its own requests (asynchronous rollout: no collective)
         if accelerator.is_main_process:
             wait_for_server(self.url, gen.server_connect_timeout, self.timeout)
             self.client = self._make_client()
@@ -148,6 +149,10 @@ class VLLMServerEngine:
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int] | None = None) -> list[list[Sample]]:
         acc = self.acc
+        if self.local:  # asynchronous rollout: this process's own requests, no collective (the rows are per prompt)
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                return list(pool.map(lambda i: self._request(prompts[i], sampling, None if seeds is None else seeds[i]),
+                                     range(len(prompts))))
         shares = gather_object([(prompts, seeds)]) if acc.num_processes > 1 else [(prompts, seeds)]
         results = [None] * len(shares)
         if acc.is_main_process:

@@ -19,8 +19,11 @@ pytestmark = pytest.mark.vllm
 from selfimprove.config import DataConfig, GenerationConfig
 from selfimprove.data import encode_prompts, load_examples
 from selfimprove.engines import Sampling, make_engine
+from selfimprove.engines.vllm_server import VLLMServerEngine
 from selfimprove.errors import UserError
+from selfimprove.loop import run
 from selfimprove.policy import load_model, load_tokenizer
+from selfimprove.recipe import load_recipe
 from selfimprove.tiny.model import ensure_tiny
 
 BASE_ENV = dict(os.environ)  # before any engine writes its variables into os.environ
@@ -140,3 +143,31 @@ def test_generation_through_a_real_server_matches_the_hf_engine(served):
     with pytest.raises(UserError, match="the weight push goes over NCCL and needs the trainer on a CUDA GPU"):
         engine.model = load_model(path)
         engine.load_weights()
+
+
+def test_asynchronous_rollout_through_a_real_server(served, tmp_path, monkeypatch):
+    """generation.max_staleness=1 with the server: each batch is sampled in the background thread (this
+    process's own requests), one step behind. The NCCL push needs CUDA: here it is counted, not sent."""
+    path, url, proc = served
+    pushes = []
+    monkeypatch.setattr(VLLMServerEngine, "load_weights", lambda self: pushes.append(1))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{path: {path}}}\ndata: {{train: arith}}\nrewards: [{{fn: math_correct}}]\n"
+                      f"algorithm: {{name: grpo}}\ngeneration: {{backend: vllm-server, n: 4, max_new_tokens: 6, "
+                      f"server_url: '{url}', max_staleness: 1}}\n"
+                      f"train: {{steps: 3, prompts_per_step: 4, micro_batch_size: 16, lr: 1.0e-3}}\n"
+                      f"log: {{out: {tmp_path}, name: a, every: 1, traces_every: 1, save_final: false, progress: false}}\n")
+    summary = run(load_recipe(recipe), log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 3 and [r["staleness"] for r in rows] == [0, 1, 1]
+    assert len(pushes) == 3  # before each update (the server already holds the starting weights at step 1)
+    traces = [json.loads(x) for x in (tmp_path / "a/traces.jsonl").read_text().splitlines()]
+    assert {t["policy_version"] for t in traces if t["id"].startswith("s1-")} == {0}
+    # the server's samples are the seeded ones: step 2's batch again, requested directly
+    tok = load_tokenizer(path)
+    engine = make_engine("vllm-server", None, tok, gen=GenerationConfig(backend="vllm-server", server_url=url))
+    step2 = [t for t in traces if t["id"].startswith("s1-")]
+    prompts = [step2[i]["turns"][0]["token_ids"] for i in range(0, 16, 4)]
+    seeds = [0 * 1_000_000_007 + 4 + i for i in range(4)]
+    again = engine.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6), seeds=seeds)
+    assert [s.token_ids for group in again for s in group] == [t["turns"][1]["token_ids"] for t in step2]
