@@ -154,9 +154,10 @@ class Ahead:
             state.engine = own_copy(state, acc.unwrap_model(state.model))
         elif hasattr(state.engine, "local"):  # vllm-server: each process requests its own share, no gather
             state.engine.local = True
-        # the thread samples with the trainer's torch thread count (OpenMP's is per thread: a new one has the default)
+        # the sampler's own torch threads (OpenMP's count is per thread; a new one would take every core): half
+        # the trainer's, as the two share the machine's cores while they overlap (measured: BENCHMARKS.md)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout", initializer=torch.set_num_threads,
-                                       initargs=(torch.get_num_threads(),))
+                                       initargs=(max(1, torch.get_num_threads() // 2),))
         self.pending: tuple[int, Future | Batch] | None = None
         self.version = 0  # the policy version (updates done) of the engine's weights
         self.saved_at = -1  # the step a checkpoint was saved before: the engine receives the weights there
