@@ -23,36 +23,77 @@ from selfimprove.batch import entropy_sum, micro_batches, token_logprobs
 from selfimprove.errors import UserError
 
 MODES = ("auto", "true", "false")
-PROBE_LENGTHS = (7, 4)  # two sequences of different length: the second would see the first if attention leaked
+PROBE_LENGTHS = (7, 4, 3)  # packed as rows [7] and [4, 3] (one row for flash): a leak shows in the later ones
 _probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (packs, max |difference|, why not)
 
 
-def packed_layout(batch, keep: torch.Tensor | None = None):
-    """The packed row of a right-padded batch: (input ids [N], position ids [N], target columns kept [B, L - 1]
-    (bool), their positions in the packed row [K], their target tokens [K]). `keep` [B, L - 1]: only these
-    columns (e.g. the trained tokens) get log-probs; the others stay 0."""
+def varlen(model) -> bool:
+    """True where attention runs packed sequences without a dense mask (flash attention's varlen kernels, which
+    transformers uses for one packed row). Wrappers (DDP, DeepSpeed) hold the model in `.module`."""
+    for _ in range(3):
+        config = getattr(model, "config", None)
+        if config is not None:
+            return "flash" in str(getattr(config, "_attn_implementation", None) or "")
+        model = getattr(model, "module", None)
+    return False
+
+
+def rows_of(lengths: list[int], capacity: int) -> list[tuple[int, int]]:
+    """(row, offset) of each sequence packed into rows of `capacity` tokens, first-fit by decreasing length."""
+    used: list[int] = []
+    out = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, u in enumerate(used) if u + lengths[i] <= capacity), len(used))
+        if r == len(used):
+            used.append(0)
+        out[i] = (r, used[r])
+        used[r] += lengths[i]
+    return out
+
+
+def packed_layout(batch, keep: torch.Tensor | None = None, one_row: bool = True):
+    """The packed rows of a right-padded batch: (input ids [R, C], position ids [R, C], the target columns kept
+    [B, L - 1] (bool), their flat positions in the rows [K], their target tokens [K]). `one_row`: all sequences
+    in one row [1, N] (flash attention's varlen path); else rows as long as the longest sequence, filled first-fit
+    (with a dense mask, attention costs rows x C^2: never more than the padded batch's). Row tails are a sequence
+    of their own (positions from 0) whose logits nobody reads. `keep` [B, L - 1]: only these columns (e.g. the
+    trained tokens) get log-probs; the others stay 0."""
     attn = batch["attention_mask"].bool()  # [B, L]: collate pads on the right
-    lengths = attn.sum(1)
     B, L = attn.shape
-    ids = batch["input_ids"][attn]  # [N], the sequences one after the other
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(ids.shape[0], device=ids.device) - starts.repeat_interleave(lengths)
-    col = torch.arange(L - 1, device=ids.device)
-    cols = col[None, :] < (lengths - 1)[:, None]  # [B, L - 1]: columns whose target is a real token
+    dev = attn.device
+    lengths = attn.sum(1)
+    lens = lengths.tolist()
+    C = sum(lens) if one_row else max(lens)
+    place = torch.tensor(rows_of(lens, C), device=dev)  # [B, 2]
+    R = int(place[:, 0].max()) + 1
+    base = place[:, 0] * C + place[:, 1]  # flat position of each sequence's first token
+    col = torch.arange(L, device=dev)
+    flat = (base[:, None] + col[None, :])[attn]  # [N]
+    ids = torch.zeros(R * C, dtype=torch.long, device=dev)
+    ids[flat] = batch["input_ids"][attn]
+    used = torch.zeros(R, dtype=torch.long, device=dev).index_add_(0, place[:, 0], lengths)
+    pos = torch.arange(C, device=dev)[None, :].repeat(R, 1)
+    pos = torch.where(pos >= used[:, None], pos - used[:, None], pos).view(-1)  # the tail restarts at 0
+    pos[flat] = col[None, :].expand(B, L)[attn]  # each sequence restarts at 0
+    cols = col[None, :-1] < (lengths - 1)[:, None]  # [B, L - 1]: columns whose target is a real token
     if keep is not None and bool((cols & keep.bool()).any()):
         cols = cols & keep.bool()
-    where = (starts[:, None] + col[None, :])[cols]  # token at (i, j) sits at starts[i] + j; its logits score j + 1
-    return ids, pos, cols, where, batch["targets"][cols]
+    where = (base[:, None] + col[None, :-1])[cols]  # token (i, j) sits at base[i] + j; its logits score j + 1
+    return ids.view(R, C), pos.view(R, C), cols, where, batch["targets"][cols]
 
 
 def packed_logprobs(model, batch, stats: dict | None = None, trained_only: bool = False) -> torch.Tensor:
     """token_logprobs' result ([B, L - 1], float32) from one packed forward. `trained_only`: log-probs only at the
     trained columns (batch["mask"]; 0 elsewhere), which is all the losses read; else at every real target."""
-    ids, pos, cols, where, targets = packed_layout(batch, batch["mask"] if trained_only else None)
+    ids, pos, cols, where, targets = packed_layout(batch, batch["mask"] if trained_only else None, varlen(model))
+    keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
+    keep[where] = True
     # use_cache=False: with a cache transformers does not look for packed position ids (masking_utils)
-    logits = model(input_ids=ids[None], position_ids=pos[None], use_cache=False, logits_to_keep=where).logits[0]
-    if logits.shape[0] == ids.shape[0]:  # a forward that ignores logits_to_keep returns every position
-        logits = logits[where]
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep.view(ids.shape)).logits
+    if logits.dim() == 3:  # a forward that ignores logits_to_keep returns every position
+        logits = logits.reshape(-1, logits.shape[-1])[where]
+    else:  # the kept positions in flat order: put them in the order of `where`
+        logits = logits[torch.argsort(where).argsort()]
     logp = torch.log_softmax(logits.float(), dim=-1)  # [K, V]: never the padded [B, L - 1, V]
     if stats is not None:
         total, count = entropy_sum(logp[batch["mask"][cols].bool()])

@@ -8,12 +8,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from selfimprove import packing
 from selfimprove.algorithms import grpo, nft, score
 from selfimprove.algorithms.common import aggregate
 from selfimprove.batch import collate, token_logprobs
 from selfimprove.cli import main
 from selfimprove.errors import UserError
-from selfimprove.packing import logprobs, packed_layout, packed_logprobs, probe, split, use_packing
+from selfimprove.packing import logprobs, packed_layout, packed_logprobs, probe, rows_of, split, use_packing, varlen
 from selfimprove.policy import load_model
 from selfimprove.trace import Trace, Turn
 
@@ -103,8 +104,10 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("one_row", [False, True], ids=["rows", "one-row"])
 @pytest.mark.parametrize("case", CASES)
-def test_packed_loss_and_every_gradient_equal_the_padded_ones(model, case):
+def test_packed_loss_and_every_gradient_equal_the_padded_ones(model, case, one_row, monkeypatch):
+    monkeypatch.setattr(packing, "varlen", lambda m: one_row)  # one row is flash attention's layout (GPU)
     algo, make_cfg, make = CASES[case]
     rng = random.Random(0)
     cfg, traces = make_cfg(), make(rng)
@@ -145,15 +148,33 @@ def test_split_counts_tokens_as_the_forward_sees_them():
 def test_layout_restarts_positions_and_keeps_only_real_targets():
     tr = [Trace(id=str(i), group_id="g", task="t", prompt=[], turns=[
         Turn("user", "", p), Turn("assistant", "", c, [0.0] * len(c), trainable=True)])
-        for i, (p, c) in enumerate([([5, 6], [7, 8, 9]), ([10], [11])])]
+        for i, (p, c) in enumerate([([5, 6], [7, 8, 9]), ([10], [11]), ([12], [13, 14])])]
     b = collate(tr, PAD)
-    packed_ids, pos, cols, where, targets = packed_layout(b)
-    assert packed_ids.tolist() == [5, 6, 7, 8, 9, 10, 11]
-    assert pos.tolist() == [0, 1, 2, 3, 4, 0, 1]
-    assert cols.tolist() == [[True] * 4, [True, False, False, False]]
-    assert where.tolist() == [0, 1, 2, 3, 5] and targets.tolist() == [6, 7, 8, 9, 11]
-    trained = packed_layout(b, b["mask"])  # the update's: the completion's columns only
+    packed_ids, pos, cols, where, targets = packed_layout(b, one_row=True)  # flash attention's one row
+    assert packed_ids.tolist() == [[5, 6, 7, 8, 9, 12, 13, 14, 10, 11]]  # longest first
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]]
+    assert cols.tolist() == [[True] * 4, [True, False, False, False], [True, True, False, False]]
+    assert where.tolist() == [0, 1, 2, 3, 8, 5, 6] and targets.tolist() == [6, 7, 8, 9, 11, 13, 14]
+    # rows as long as the longest sequence (dense masks): [5-token], [3-token, 2-token]
+    packed_ids, pos, cols, where, targets = packed_layout(b, one_row=False)
+    assert packed_ids.tolist() == [[5, 6, 7, 8, 9], [12, 13, 14, 10, 11]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert where.tolist() == [0, 1, 2, 3, 8, 5, 6]
+    b["attention_mask"][2, 2] = 0  # the third sequence one token shorter: the second row gets a tail
+    packed_ids, pos, _, where, _ = packed_layout(b, one_row=False)
+    assert packed_ids.tolist() == [[5, 6, 7, 8, 9], [10, 11, 12, 13, 0]] and pos.tolist()[1] == [0, 1, 0, 1, 0]
+    trained = packed_layout(collate(tr[:2], PAD), collate(tr[:2], PAD)["mask"], one_row=False)  # the update's
     assert trained[3].tolist() == [1, 2, 3, 5]
+
+
+def test_rows_are_filled_first_fit_by_decreasing_length_and_flash_takes_one_row():
+    assert rows_of([3, 9, 5, 4, 2], 9) == [(2, 0), (0, 0), (1, 0), (1, 5), (2, 3)]  # rows [9], [5, 4], [3, 2]
+    m = small(LlamaForCausalLM, LlamaConfig, "sdpa")
+    assert varlen(m) is False and varlen(torch.nn.Module()) is False
+    m.config._attn_implementation = "flash_attention_2"
+    wrapped = torch.nn.Module()
+    wrapped.module = m  # as DDP and DeepSpeed hold it
+    assert varlen(m) is True and varlen(wrapped) is True
 
 
 class IgnoresPositions(torch.nn.Module):
