@@ -1,16 +1,18 @@
 """Packed (padding-free) forward passes and micro-batches by token budget (train.packing, train.micro_batch_tokens).
 
-A packed forward runs a micro-batch's sequences concatenated into one row [1, N] (N = the sum of their
-lengths) with position ids restarting at 0 per sequence and no attention mask: transformers then builds
-a block-diagonal causal mask from the restarting positions (masking_utils.find_packed_sequence_indices, for
-eager / sdpa / flex / flash attention), so each sequence attends only to itself. Only the positions whose
-log-probs are used go through lm_head and log_softmax (transformers' `logits_to_keep` with indices), and
-the result is scattered back into collate's padded [B, L - 1] target columns: every algorithm's loss,
-`aggregate` and the entropy metric are unchanged.
+A packed forward runs a micro-batch's sequences concatenated into rows with position ids restarting at 0 per
+sequence and no attention mask: transformers then builds a block-diagonal causal mask from the restarting
+positions (masking_utils.find_packed_sequence_indices, for eager / sdpa / flex attention) or runs flash
+attention's varlen kernels on one row [1, N], so each sequence attends only to itself. With a dense mask a
+single row would cost N^2 in attention (up to 2x slower than padded on CPU at 64 sequences), hence rows as
+long as the longest sequence there. Only the positions whose log-probs are used go through lm_head and
+log_softmax (transformers' `logits_to_keep` as a boolean mask), and the result is scattered back into
+collate's padded [B, L - 1] target columns: every algorithm's loss, `aggregate` and the entropy metric are
+unchanged.
 
-Whether a model packs correctly is measured, not looked up: a one-time probe per model object runs two
-short sequences packed and padded and compares their log-probs (custom code that ignores position_ids,
-or attention that leaks across the sequences, fails it); such models keep padded batches.
+Whether a model packs correctly is measured, not looked up: a one-time probe per model object runs three
+short sequences packed and padded and compares their log-probs (custom code that ignores position_ids, or
+attention that leaks across the sequences, fails it); such models keep padded batches.
 """
 
 from __future__ import annotations
