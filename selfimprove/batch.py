@@ -74,7 +74,12 @@ def token_logprobs(model, batch, stats: dict | None = None) -> torch.Tensor:
 def masked_entropy(logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
     """(sum, count) of the entropy -sum_v p log p of each position's distribution where mask is 1.
     logp: [B, T, V] log-probabilities; mask: [B, T]. entr(0) = 0, where p * log p would be 0 * -inf = nan."""
-    rows = logp[mask.bool()]  # only the trained positions: [N, V], not the whole padded [B, T, V]
+    return entropy_sum(logp[mask.bool()])  # only the trained positions: [N, V], not the whole padded [B, T, V]
+
+
+@torch.no_grad()
+def entropy_sum(rows: torch.Tensor) -> tuple[float, int]:
+    """(sum, count) of the entropies of the rows of `rows` [N, V] (log-probabilities)."""
     total = 0.0
     for chunk in rows.split(128):  # exp() of a large vocabulary is a second [N, V] tensor: bound it
         total += float(torch.special.entr(chunk.exp()).sum())

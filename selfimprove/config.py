@@ -123,6 +123,12 @@ class TrainConfig(OptimConfig):
     steps: int = opt(100, "rollout steps")
     prompts_per_step: int = opt(8, "prompts per step, over all processes")
     mini_batches: int = opt(1, "optimizer steps per rollout step (NFT paper: 16)")
+    micro_batch_tokens: int = opt(0, "> 0: micro-batches of at most this many tokens (as the forward sees them: "
+                                  "summed lengths packed, count x longest padded) instead of micro_batch_size "
+                                  "sequences; a longer sequence runs alone")
+    packing: bool | str = opt(False, "auto | true | false: run each micro-batch's sequences packed into one row "
+                              "without padding (same loss and gradients); auto: where a probe shows the model "
+                              "can, true: an error where it cannot")
     resume: str = opt("", "auto: continue the run folder's last whole checkpoint (if any); or a checkpoint folder")
     on_nonfinite: str = opt("stop", "a non-finite loss or gradient norm: stop (keeping the last whole checkpoint) "
                             "or skip the step (counted in metrics as skipped_nonfinite)")
@@ -361,7 +367,9 @@ def validate(recipe: Recipe) -> None:
     check_log(recipe.log)
     check_optim(t)
     check_ranges(t, "train.", {"steps": ">=0", "prompts_per_step": ">=1", "mini_batches": ">=1"})
+    check_ranges(t, "train.", {"micro_batch_tokens": ">=0"})
     _first([(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got {t.on_nonfinite!r}"),
+            (str(t.packing).lower() in ("auto", "true", "false"), f"train.packing must be auto, true or false, got {t.packing!r}"),
             (len(recipe.rewards) >= 1, "rewards: at least one reward is needed")])
     check_ranges(e, "eval.", {"n": ">=1", "max_new_tokens": ">=1", "every": ">=0", "batch_size": ">=1"})
     check_temperature(e.temperature, "eval.temperature")

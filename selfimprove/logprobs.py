@@ -8,35 +8,38 @@ from contextlib import nullcontext
 import torch
 
 from selfimprove.algorithms.common import sequence_kl
-from selfimprove.batch import collate, micro_batches, token_logprobs
+from selfimprove.batch import collate, token_logprobs
 from selfimprove.distributed import equal_counts, pad_forward, zero_stage
+from selfimprove.packing import packed_logprobs, split, use_packing
 
 
 def forward_logprobs(accelerator, module, traces, micro_batch_size: int, pad_id: int,
-                     context=nullcontext) -> list[list[float]]:
+                     context=nullcontext, tokens: int = 0, packed: bool = False) -> list[list[float]]:
     """No-grad log-probs of every target position, per trace. `module` is never the DDP wrapper (its
     forward broadcasts buffers: a collective, and processes hold different numbers of traces); under
     ZeRO-3 every forward gathers parameters collectively, so all processes run as many micro-batches
-    (padded with a one-token forward)."""
+    (padded with a one-token forward). `tokens` > 0: micro-batches by token budget; `packed`: packed forwards
+    (0 at padding columns, which no caller reads)."""
     out = []
-    chunks = equal_counts(accelerator, micro_batches(traces, micro_batch_size), zero_stage(accelerator) == 3)
+    parts = split(traces, [len(tr.token_ids) for tr in traces], micro_batch_size, tokens, packed)
+    chunks = equal_counts(accelerator, parts, zero_stage(accelerator) == 3)
     for chunk in chunks:
         with torch.no_grad(), context():
             if not chunk:
                 pad_forward(module, pad_id, accelerator.device)
                 continue
             batch = collate(chunk, pad_id, device=accelerator.device)
-            out.extend(token_logprobs(module, batch).cpu().tolist())
+            out.extend((packed_logprobs(module, batch) if packed else token_logprobs(module, batch)).cpu().tolist())
     return out
 
 
 def reference_logprobs(accelerator, model, ref_model, traces, micro_batch_size: int, pad_id: int,
-                       lora: bool) -> list[list[float]]:
+                       lora: bool, tokens: int = 0, packed: bool = False) -> list[list[float]]:
     """Reference-model log-probs, stored per trace for collation; with LoRA the reference is the policy
     with its adapters switched off (no second copy)."""
     module = accelerator.unwrap_model(model) if lora else ref_model
     return forward_logprobs(accelerator, module, traces, micro_batch_size, pad_id,
-                            module.disable_adapter if lora else nullcontext)
+                            module.disable_adapter if lora else nullcontext, tokens, packed)
 
 
 class FullReference:
@@ -82,10 +85,11 @@ def before_update(state, traces) -> tuple[list, object, list | None]:
     recipe, algo, acc = state.recipe, state.algo, state.accelerator
     cfg, g, mb, pad = recipe.algorithm, recipe.generation, recipe.train.micro_batch_size, state.tokenizer.pad_token_id
     lora = bool(recipe.model.lora_r)
+    split_by = (recipe.train.micro_batch_tokens, reference_packs(state))  # micro-batches by tokens; packed forwards
     state.engine.sleep()  # a vLLM engine frees its memory for the passes and the update (GPU)
     kl = algo.kl(cfg)
     if kl is not None and kl[1] == "reward":
-        rows = reference_logprobs(acc, state.model, state.ref_model, traces, mb, pad, lora)
+        rows = reference_logprobs(acc, state.model, state.ref_model, traces, mb, pad, lora, *split_by)
         for tr, row in zip(traces, rows):
             tr.meta["kl.k1"] = turn_kl_sums(tr, row)
     train_traces = algo.train_traces(traces, cfg)  # prepare (advantages), then mask_truncated
@@ -94,15 +98,28 @@ def before_update(state, traces) -> tuple[list, object, list | None]:
         module = acc.unwrap_model(state.model) if lora else state.ref_model
         ref = FullReference(module, module.disable_adapter if lora else nullcontext)
     elif kl is not None and kl[1] == "loss":
-        ref = reference_logprobs(acc, state.model, state.ref_model, train_traces, mb, pad, lora)
+        ref = reference_logprobs(acc, state.model, state.ref_model, train_traces, mb, pad, lora, *split_by)
     recompute = g.mismatch_correction != "none" or algo.old_logprobs(cfg, g.backend) == "trainer"
-    trainer_lp = policy_logprobs(acc, state.model, train_traces, mb, pad) if recompute else None
+    trainer_lp = policy_logprobs(acc, state.model, train_traces, mb, pad, recipe.train.micro_batch_tokens,
+                                 state.packing) if recompute else None
     return train_traces, ref, trainer_lp
 
 
-def policy_logprobs(accelerator, model, traces, micro_batch_size: int, pad_id: int) -> list[list[float]]:
+def reference_packs(state) -> bool:
+    """Whether the reference's passes run packed: the policy packs and so does the reference module (a frozen copy
+    has its own probe, cached per module; with LoRA it is the policy's module). Every process calls it alike."""
+    if not state.packing or (state.ref_model is None and not state.recipe.model.lora_r):
+        return False
+    acc = state.accelerator
+    module = acc.unwrap_model(state.model) if state.recipe.model.lora_r else state.ref_model
+    return use_packing("auto", module, len(state.tokenizer), acc.device, state.recipe.model.dtype)
+
+
+def policy_logprobs(accelerator, model, traces, micro_batch_size: int, pad_id: int, tokens: int = 0,
+                    packed: bool = False) -> list[list[float]]:
     """The trainer's own log-probs of the sampled tokens, before the update."""
-    return forward_logprobs(accelerator, accelerator.unwrap_model(model), traces, micro_batch_size, pad_id)
+    return forward_logprobs(accelerator, accelerator.unwrap_model(model), traces, micro_batch_size, pad_id,
+                            tokens=tokens, packed=packed)
 
 
 def pad_rows(rows, width: int, device) -> torch.Tensor:

@@ -21,7 +21,7 @@ from reward import RewardContext
 from selfimprove import checkpoint
 from selfimprove.ahead import Ahead, engine_weights, rollout
 from selfimprove.algorithms.common import aggregate, frac_all_equal
-from selfimprove.batch import collate, micro_batches, token_logprobs
+from selfimprove.batch import collate
 from selfimprove.distributed import (
     accumulation_boundary,
     any_process,
@@ -38,6 +38,7 @@ from selfimprove.export import write_final
 from selfimprove.interrupts import Interrupts
 from selfimprove.logprobs import attach_reference, before_update, mismatch_weights, pad_rows
 from selfimprove.optim import anneal_start
+from selfimprove.packing import logprobs, split
 from selfimprove.progress import progress_bar, progress_line
 from selfimprove.resume import failure, fresh, interrupted, resume, save
 from selfimprove.state import State, setup
@@ -63,7 +64,9 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
         if n_live == 0:  # nothing to learn on any process: no step (Adam's momentum would still move)
             continue
         # under DeepSpeed ZeRO reduces at every backward: every process runs as many micro-batches
-        mbs = equal_counts(acc, micro_batches(live, t.micro_batch_size) or [[]], uses_deepspeed(acc))
+        lengths = [len(traces[i].token_ids) for i in live]  # micro-batches by count, or by tokens (packing.split)
+        mbs = equal_counts(acc, split(live, lengths, t.micro_batch_size, t.micro_batch_tokens, state.packing) or [[]],
+                           uses_deepspeed(acc))
         chunk_loss = 0.0
         for k, mb in enumerate(mbs):
             with accumulation_boundary(acc, model, last=k == len(mbs) - 1):
@@ -80,7 +83,7 @@ def update(state: State, traces, ref_lp, trainer_lp=None) -> dict:
                     weight, mm = mismatch_weights(batch, pad_rows([trainer_lp[i] for i in mb], width, acc.device),
                                                   g.mismatch_correction, g.mismatch_cap)
                     _collect(extra, mm)
-                tok, metrics = algo.loss(batch, token_logprobs(model, batch, stats), cfg)  # + the policy's entropy
+                tok, metrics = algo.loss(batch, logprobs(model, batch, stats, state.packing), cfg)  # + the policy's entropy
                 if weight is not None:
                     tok = tok * weight
                 loss = aggregate(tok, batch["mask"], cfg.loss_agg, n_tok, n_seq, recipe.generation.max_new_tokens,

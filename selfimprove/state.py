@@ -26,6 +26,7 @@ from selfimprove.errors import UserError
 from selfimprove.export import offline
 from selfimprove.hub import adapter_base
 from selfimprove.optim import make_optimizer, make_scheduler
+from selfimprove.packing import use_packing
 from selfimprove.policy import (
     add_lora,
     context_length,
@@ -65,6 +66,7 @@ class State:
     reward_idle: dict = field(default_factory=dict)  # reward name -> steps running it applied to no trace
     ahead: object = None  # asynchronous rollout (ahead.Ahead) when generation.max_staleness > 0
     data_offset: int = 0  # prompts the refill rounds of dynamic sampling took from the stream so far (dynamic.py)
+    packing: bool = False  # the update's micro-batches run packed (train.packing, decided by packing.use_packing)
 
 
 def _examples(recipe, eval_on: bool, two_turn: bool) -> tuple[Prompts, list]:
@@ -157,9 +159,11 @@ def setup(recipe, log=print) -> State:
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_model is not None and not lora:
         ref_model = ref_model.to(accelerator.device)
+    packed = use_packing(t.packing, accelerator.unwrap_model(model), len(tokenizer), accelerator.device,
+                         recipe.model.dtype, say)  # a one-time probe; train.packing=true on a model that cannot: error
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
                          seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
                          model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
                          lora_r=recipe.model.lora_r, hub=hub_options(recipe.model))
     return State(recipe, algo, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, rewards,
-                 train_examples, eval_examples, run, resume_from=resume_from)
+                 train_examples, eval_examples, run, resume_from=resume_from, packing=packed)
