@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from accelerate.utils import set_seed
 
 from reward import build_rewards
-from selfimprove import checkpoint, trackers
+from selfimprove import checkpoint, prefix, trackers
 from selfimprove.algorithms import Algorithm, get_algorithm
 from selfimprove.data import (
     Prompts,
@@ -149,6 +149,9 @@ def setup(recipe, log=print) -> State:
     if resume_from is not None and zero_stage(accelerator) != 3:
         checkpoint.load_policy_weights(model, resume_from, lora)
 
+    # train.shared_prefix: probed on the float32 policy before accelerate wraps it
+    shared = prefix.decide(t.shared_prefix, model, tokenizer.pad_token_id, recipe.model.gradient_checkpointing,
+                           uses_deepspeed(accelerator), say)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t, accelerator)
     # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
     scheduler = make_scheduler(optimizer, t, t.steps * t.mini_batches)
@@ -156,6 +159,7 @@ def setup(recipe, log=print) -> State:
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_model is not None and not lora:
         ref_model = ref_model.to(accelerator.device)
+    prefix.register([model, accelerator.unwrap_model(model), ref_model], shared)
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
                          seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
                          model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
