@@ -69,7 +69,7 @@ def loss_and_grads(model, name, shared, **cfg_kw):
     n_tok = float(batch["mask"].sum())
     loss = aggregate(tok, batch["mask"], cfg.loss_agg, n_tok, len(traces), 8, cfg.loss_constant)
     loss.backward()
-    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
     return loss.item(), grads, logp.detach(), batch, stats, traces
 
 
@@ -92,6 +92,22 @@ def test_loss_gradients_and_entropy_equal_the_plain_forward(name, cfg):
     assert worst < 1e-5 * scale, (worst, scale)
     assert st0["entropy_tokens"] == st1["entropy_tokens"] == int(batch["mask"].sum())
     assert st1["entropy_sum"] == pytest.approx(st0["entropy_sum"], rel=1e-6)
+
+
+def test_lora_adapters_get_the_plain_forwards_gradients():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0,
+                                                    init_lora_weights=False, task_type="CAUSAL_LM"))
+    assert prefix.probe(model, V, 0) < 1e-5 and prefix.cache_kwarg(model) == "cache"
+    loss0, g0, *_ = loss_and_grads(model, "grpo", False, kl_coef=0.0)
+    loss1, g1, *_ = loss_and_grads(model, "grpo", True, kl_coef=0.0)
+    assert len(g0) == 2 * 7 * 2 and all("lora_" in k for k in g0)  # A and B of 7 linear layers x 2 layers
+    scale = max(float(g.abs().max()) for g in g0.values())
+    assert loss1 == pytest.approx(loss0, abs=1e-6) and scale > 1e-3
+    assert max(float((g0[k] - g1[k]).abs().max()) for k in g0) < 1e-5 * scale
+    with model.disable_adapter():  # the LoRA reference: the same object, adapters off
+        assert prefix.probe(model, V, 0) < 1e-5
 
 
 def test_no_grad_logprob_pass_equals_the_plain_one():
