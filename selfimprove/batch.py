@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from selfimprove import prefix
+
 
 def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.Tensor]:
     seqs = [tr.token_ids for tr in traces]
@@ -45,6 +47,8 @@ def collate(traces, pad_id: int, meta_keys=(), device="cpu") -> dict[str, torch.
         "old_logp": old.to(device),
         "tok_adv": tok_adv.to(device),
         "turn_id": turn_id.to(device),
+        # the first turn (the prompt) of every trace: rows with equal ones share its forward (prefix.py)
+        "prefix_len": torch.tensor([len(tr.turns[0].token_ids) if tr.turns else 0 for tr in traces], device=device),
         "advantage": torch.tensor([tr.advantage or 0.0 for tr in traces], dtype=torch.float32, device=device),
         "reward": torch.tensor([tr.reward for tr in traces], dtype=torch.float32, device=device),
     }
@@ -59,7 +63,10 @@ def token_logprobs(model, batch, stats: dict | None = None) -> torch.Tensor:
     stats["entropy_tokens"], from the same log-probabilities (no second forward pass). With the reference's
     whole distributions in the batch (kl_estimator full), the policy's [B, L - 1, V] log-softmax is kept in
     batch["policy_logsoftmax"] for the exact KL (the graph keeps that tensor anyway: no extra memory)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    if prefix.usable(model, batch):  # each distinct prompt runs once (train.shared_prefix)
+        logits = prefix.shared_logits(model, batch)
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
     if "ref_logsoftmax" in batch:
         batch["policy_logsoftmax"] = logp

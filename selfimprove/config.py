@@ -138,6 +138,9 @@ class TrainConfig(OptimConfig):
     lr_anneal_steps: int = opt(0, "infinite: the run's last optimizer steps, a linear decay to lr * lr_min_ratio; "
                                "a checkpoint is saved where it starts, from which the next round continues")
     lr_min_ratio: float = opt(0.0, "infinite: the rate at the end of the annealing, a fraction of lr")
+    shared_prefix: bool | str = opt("auto", "auto | true | false: the samples of a prompt run the prompt once per "
+                                    "micro-batch (its KV cache shared, the same loss and gradients); auto: where "
+                                    "a probe at setup shows the model takes it (not with gradient_checkpointing)")
 
 
 @dataclass
@@ -368,8 +371,12 @@ def validate(recipe: Recipe) -> None:
     check_optim(t)
     check_ranges(t, "train.", {"steps": ">=0", "prompts_per_step": ">=1", "mini_batches": ">=1"})
     check_ranges(t, "train.", {"micro_batch_tokens": ">=0"})
+    if isinstance(t.shared_prefix, bool):  # YAML's true/false
+        t.shared_prefix = str(t.shared_prefix).lower()
     _first([(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got {t.on_nonfinite!r}"),
             (str(t.packing).lower() in ("auto", "true", "false"), f"train.packing must be auto, true or false, got {t.packing!r}"),
+            (t.shared_prefix in ("auto", "true", "false"),
+             f"train.shared_prefix must be auto, true or false, got {t.shared_prefix!r}"),
             (len(recipe.rewards) >= 1, "rewards: at least one reward is needed")])
     check_ranges(e, "eval.", {"n": ">=1", "max_new_tokens": ">=1", "every": ">=0", "batch_size": ">=1"})
     check_temperature(e.temperature, "eval.temperature")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from accelerate.utils import set_seed
 
 from reward import build_rewards
-from selfimprove import checkpoint, trackers
+from selfimprove import checkpoint, prefix, trackers
 from selfimprove.algorithms import Algorithm, get_algorithm
 from selfimprove.data import (
     Prompts,
@@ -152,6 +152,9 @@ def setup(recipe, log=print) -> State:
     if resume_from is not None and zero_stage(accelerator) != 3:
         checkpoint.load_policy_weights(model, resume_from, lora)
 
+    # train.shared_prefix: probed on the float32 policy before accelerate wraps it
+    shared = prefix.decide(t.shared_prefix, model, tokenizer.pad_token_id, recipe.model.gradient_checkpointing,
+                           uses_deepspeed(accelerator), say)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t, accelerator)
     # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
     scheduler = make_scheduler(optimizer, t, t.steps * t.mini_batches)
@@ -161,6 +164,7 @@ def setup(recipe, log=print) -> State:
         ref_model = ref_model.to(accelerator.device)
     packed = use_packing(t.packing, accelerator.unwrap_model(model), len(tokenizer), accelerator.device,
                          recipe.model.dtype, say)  # a one-time probe; train.packing=true on a model that cannot: error
+    prefix.register([model, accelerator.unwrap_model(model), ref_model], shared)
     engine = make_engine(recipe.generation.backend, accelerator.unwrap_model(model), tokenizer,
                          seed=recipe.seed * 1000 + accelerator.process_index, gen=recipe.generation,
                          model_path=str(path), dtype=recipe.model.dtype, accelerator=accelerator,
