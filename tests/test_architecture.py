@@ -20,7 +20,7 @@ REWARD_MAY_IMPORT = {"selfimprove.errors", "selfimprove.trace", "selfimprove.eng
 # layers, bottom up: a module may import modules of its own layer or below, never above
 LAYERS = [
     ["selfimprove.errors", "selfimprove.trace", "selfimprove.options", "selfimprove.hub", "selfimprove.engines.base"],
-    ["selfimprove.config", "selfimprove.data", "selfimprove.batch", "selfimprove.packing", "selfimprove.policy", "selfimprove.engines",
+    ["selfimprove.config", "selfimprove.data", "selfimprove.batch", "selfimprove.packing", "selfimprove.prefix", "selfimprove.policy", "selfimprove.engines",
      "selfimprove.distributed", "selfimprove.optim", "selfimprove.runlog", "selfimprove.trackers", "selfimprove.interrupts", "selfimprove.evaluation.metrics",
      "selfimprove.evaluation.report"],
     ["reward"],
