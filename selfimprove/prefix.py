@@ -2,25 +2,24 @@
 
 In a GRPO step every sample of a group starts with the same prompt; in the quickstart's shape about 2/3 of
 the tokens of a padded update batch are that prompt repeated n times. Here (as in Prefix Grouper, arXiv
-2506.05433, and the HF engine's prefill) each distinct prompt of a micro-batch runs once with a KV cache, the
-cache is copied to the rows that share the prompt by an index (differentiable: the gradients of the n copies
-sum back into the one prompt pass), and only each row's rest (completion; for two-turn traces attempt 1, the
-instruction and attempt 2) runs per row on top of it, at its true positions. The logits come back aligned with
-collate's target columns, so `batch.token_logprobs` and every algorithm's loss are unchanged.
+2506.05433) each distinct prompt of a micro-batch becomes one row, [prompt, rest of sample 1, rest of sample
+2, ...], run in one forward pass under a 4D attention mask where each rest (the completion; for two-turn
+traces attempt 1, the instruction and attempt 2) attends to the prompt and causally to itself only, at its
+true positions. The prompt runs once, its gradient gathers every sample's, and no rest is padded to the
+longest. The logits come back aligned with collate's target columns, so `batch.token_logprobs` and every
+algorithm's loss are unchanged.
 
 Rows share a prefix when their first turn's token ids are equal (checked, not taken from group_id). A model
 is used this way only if a one-time probe on a tiny input gives the plain forward's log-probs
-(`configure`, at setup); anything else (a cache the model cannot take so, gradient checkpointing, which drops
-the cache in training) runs the plain padded forward.
+(`decide`, at setup); anything else (a model that ignores a custom 4D mask or position ids, flash attention,
+which takes no 4D mask) runs the plain padded forward.
 """
 
 from __future__ import annotations
 
-import inspect
 import weakref
 
 import torch
-from transformers import DynamicCache
 
 from selfimprove.errors import UserError
 
@@ -46,46 +45,56 @@ def shared_logits(model, batch) -> torch.Tensor:
     """[B, L - 1, V] logits aligned with collate's target columns (column c scores token c + 1), as
     model(input_ids, attention_mask).logits[:, :-1] on every real token; padding columns hold zeros.
 
-    Prefix pass: the G distinct prefixes, right-padded to Pmax, positions 0..P-1, one DynamicCache. Rest pass:
-    row i's tokens from P_i on, right-padded to S, positions P_i.., attending to its prefix's cached keys
-    (their padding masked out) and causally to its own tokens."""
+    One forward pass, one row per distinct prefix (Prefix Grouper's layout): [prefix, rest of member 1, rest
+    of member 2, ...], each rest at its true positions (P, P + 1, ...), under a 4D mask where a rest token
+    attends to the prefix and causally to its own rest only. Each row's tokens run once: no padding of the
+    rests to the longest, no KV cache to copy, and one call instead of two (a forward's fixed cost is that
+    of ~100 tokens of the tiny model)."""
     ids, attn, plen = batch["input_ids"], batch["attention_mask"], batch["prefix_len"]
     device = ids.device
     B, L = ids.shape
-    lengths = attn.sum(-1)
+    lengths, starts = attn.sum(-1).tolist(), [0] * B
     prefixes, row_group = plan(ids, plen)
-    G, Pmax = len(prefixes), max(len(p) for p in prefixes)
-    pre_ids = torch.zeros((G, Pmax), dtype=torch.long)  # padding: any id (masked out)
-    pre_mask = torch.zeros((G, Pmax), dtype=torch.long)
-    for g, p in enumerate(prefixes):
-        pre_ids[g, : len(p)] = torch.tensor(p)
-        pre_mask[g, : len(p)] = 1
-    pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
-    cache = DynamicCache()
-    pos = torch.arange(Pmax, device=device).expand(G, Pmax)
-    kw = cache_kwarg(model)
-    pre = model(input_ids=pre_ids, attention_mask=pre_mask, position_ids=pos, use_cache=True, **{kw: cache}).logits
-    if cache.get_seq_length() != Pmax:  # e.g. gradient checkpointing in training drops the cache
-        raise RuntimeError("shared-prefix forward: the model did not fill the KV cache (gradient checkpointing?)")
-    rg = torch.tensor(row_group, device=device)
-    cache.batch_select_indices(rg)  # [G, ...] -> [B, ...] by index: the backward sums the copies' gradients
-    rest = (lengths - plen).clamp(min=1)
-    S = int(rest.max())
-    cols = torch.arange(S, device=device)
-    src = (plen[:, None] + cols).clamp(max=L - 1)
-    rest_mask = (cols < (lengths - plen)[:, None]).long()
-    rest_ids = ids.gather(1, src) * rest_mask  # padding: id 0 (masked out)
-    out = model(input_ids=rest_ids, attention_mask=torch.cat([pre_mask[rg], rest_mask], 1),
-                position_ids=plen[:, None] + cols, use_cache=True, **{kw: cache}).logits
-    # target column c of row i: prefix logits [g, c] for c < P_i (the last prompt position predicts the first
-    # token of the rest), rest logits [i, c - P_i] for P_i <= c < len_i - 1, else a zero row (padding)
-    V = pre.shape[-1]
-    flat = torch.cat([pre.reshape(G * Pmax, V), out.reshape(B * S, V), out.new_zeros(1, V)])
+    G, rows = len(prefixes), [list(p) for p in prefixes]
+    pos = [list(range(len(p))) for p in prefixes]
+    seg = [[0] * len(p) for p in prefixes]  # 0: the prefix, k: member k's rest
+    for i, (row, g) in enumerate(zip(ids.tolist(), row_group)):
+        p = len(prefixes[g])
+        rest = row[p : lengths[i]]
+        starts[i] = len(rows[g])
+        rows[g] += rest
+        pos[g] += range(p, p + len(rest))
+        seg[g] += [i + 1] * len(rest)
+    R = max(len(r) for r in rows)
+    row_ids = torch.tensor([r + [0] * (R - len(r)) for r in rows], device=device)  # padding: id 0 (masked out)
+    row_pos = torch.tensor([q + [0] * (R - len(q)) for q in pos], device=device)
+    sg = torch.tensor([q + [-1] * (R - len(q)) for q in seg], device=device)
+    causal = torch.ones(R, R, dtype=torch.bool, device=device).tril()
+    allowed = causal & (sg[:, None, :] >= 0) & ((sg[:, None, :] == 0) | (sg[:, None, :] == sg[:, :, None]))
+    allowed |= torch.eye(R, dtype=torch.bool, device=device)  # a padding query sees itself: no NaN from softmax
+    out = model(input_ids=row_ids, attention_mask=_mask4d(model, allowed[:, None]), position_ids=row_pos,
+                use_cache=False).logits
+    V = out.shape[-1]
+    flat = torch.cat([out.reshape(G * R, V), out.new_zeros(1, V)])
+    # target column c of row i: the prefix's logits [g, c] for c < P_i (its last position predicts the first
+    # token of the rest), the rest's [g, start_i + c - P_i] for P_i <= c < len_i - 1, else a zero row (padding)
+    rg = torch.tensor(row_group, device=device)[:, None]
     c = torch.arange(L - 1, device=device)[None, :]
     p = plen[:, None]
-    idx = torch.where(c < p, rg[:, None] * Pmax + c, G * Pmax + torch.arange(B, device=device)[:, None] * S + c - p)
-    idx = torch.where(c < lengths[:, None] - 1, idx, G * Pmax + B * S)
+    idx = torch.where(c < p, rg * R + c, rg * R + torch.tensor(starts, device=device)[:, None] + c - p)
+    idx = torch.where(c < torch.tensor(lengths, device=device)[:, None] - 1, idx, G * R)
     return flat.index_select(0, idx.reshape(-1)).view(B, L - 1, V)
+
+
+def _mask4d(model, allowed: torch.Tensor) -> torch.Tensor:
+    """A custom [G, 1, R, R] mask as the model's attention takes it (transformers passes 4D masks through):
+    boolean for sdpa and flex, additive (0 / the dtype's minimum) for eager."""
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if getattr(inner.config, "_attn_implementation", "sdpa") != "eager":
+        return allowed
+    dtype = next(inner.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 @torch.no_grad()
@@ -119,18 +128,16 @@ def probe(model, vocab: int, pad_id: int) -> float:
     return float((plain - shared).abs()[real].max())
 
 
-def decide(mode: str, model, pad_id: int, gradient_checkpointing: bool, deepspeed: bool, say=print) -> bool:
+def decide(mode: str, model, pad_id: int, deepspeed: bool, say=print) -> bool:
     """train.shared_prefix for this run, decided on the float32 policy before accelerate wraps it (mixed
-    precision would blur the comparison): auto uses it where the probe passes (not under gradient
-    checkpointing, which drops the cache in training, nor under DeepSpeed, whose ZeRO-3 has partitioned the
-    weights by now and is untested with two forwards per backward); true demands it (an error where it
-    cannot work). The reference is a copy of the policy (or the policy itself, LoRA)."""
+    precision would blur the comparison): auto uses it where the probe passes (not under DeepSpeed, whose
+    ZeRO-3 has partitioned the weights by now: untested there); true demands it (an error where it cannot
+    work). The reference is a copy of the policy (or the policy itself, LoRA)."""
     if mode == "false":
         return False
     if deepspeed and mode == "true":
         raise UserError("train.shared_prefix=true is not available under DeepSpeed (untested there); use auto or false")
-    why = ("model.gradient_checkpointing drops the KV cache in training" if gradient_checkpointing
-           else "DeepSpeed" if deepspeed else None)
+    why = "DeepSpeed" if deepspeed else None
     if why is None:
         worst = probe(model, _vocab(model), 0 if pad_id is None else pad_id)
         if not worst < PROBE_TOL:
@@ -148,14 +155,6 @@ def register(models, on: bool) -> None:
     for m in models:
         if m is not None:
             _ON[m] = on
-
-
-def cache_kwarg(model) -> str:
-    """The forward's name for the KV cache: `cache` in transformers 5's models (past_key_values, deprecated
-    there, still in older and custom code). Looked up on the transformers model under a DDP or PEFT wrapper."""
-    inner = getattr(model, "module", model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _vocab(model) -> int:

@@ -153,8 +153,7 @@ def setup(recipe, log=print) -> State:
         checkpoint.load_policy_weights(model, resume_from, lora)
 
     # train.shared_prefix: probed on the float32 policy before accelerate wraps it
-    shared = prefix.decide(t.shared_prefix, model, tokenizer.pad_token_id, recipe.model.gradient_checkpointing,
-                           uses_deepspeed(accelerator), say)
+    shared = prefix.decide(t.shared_prefix, model, tokenizer.pad_token_id, uses_deepspeed(accelerator), say)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t, accelerator)
     # the scheduler stays outside prepare(): accelerate's wrapper would step it once per process
     scheduler = make_scheduler(optimizer, t, t.steps * t.mini_batches)
