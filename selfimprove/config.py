@@ -126,7 +126,7 @@ class TrainConfig(OptimConfig):
     micro_batch_tokens: int = opt(0, "> 0: micro-batches of at most this many tokens (as the forward sees them: "
                                   "summed lengths packed, count x longest padded) instead of micro_batch_size "
                                   "sequences; a longer sequence runs alone")
-    packing: bool | str = opt(False, "auto | true | false: run each micro-batch's sequences packed into one row "
+    packing: bool | str = opt(False, "auto | true | false: run each micro-batch's sequences packed into rows "
                               "without padding (same loss and gradients); auto: where a probe shows the model "
                               "can, true: an error where it cannot")
     resume: str = opt("", "auto: continue the run folder's last whole checkpoint (if any); or a checkpoint folder")

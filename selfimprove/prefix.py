@@ -24,6 +24,7 @@ import torch
 from selfimprove.errors import UserError
 
 _ON: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model object -> True where shared forwards are used
+ROW_MIN = 128  # tokens a shared row may always hold (whole groups of short completions share one prefix)
 PROBE_TOL = 1e-4  # float32 log-probs of a tiny input: the two paths differ by rounding only (~1e-6)
 
 
@@ -45,7 +46,7 @@ def shared_logits(model, batch) -> torch.Tensor:
     """[B, L - 1, V] logits aligned with collate's target columns (column c scores token c + 1), as
     model(input_ids, attention_mask).logits[:, :-1] on every real token; padding columns hold zeros.
 
-    One forward pass, one row per distinct prefix (Prefix Grouper's layout): [prefix, rest of member 1, rest
+    One forward pass, a row per distinct prefix (Prefix Grouper's layout; more rows for a long group): [prefix, rest of member 1, rest
     of member 2, ...], each rest at its true positions (P, P + 1, ...), under a 4D mask where a rest token
     attends to the prefix and causally to its own rest only. Each row's tokens run once: no padding of the
     rests to the longest, no KV cache to copy, and one call instead of two (a forward's fixed cost is that
@@ -53,18 +54,26 @@ def shared_logits(model, batch) -> torch.Tensor:
     ids, attn, plen = batch["input_ids"], batch["attention_mask"], batch["prefix_len"]
     device = ids.device
     B, L = ids.shape
-    lengths, starts = attn.sum(-1).tolist(), [0] * B
+    lengths, starts, row_of = attn.sum(-1).tolist(), [0] * B, [0] * B
     prefixes, row_group = plan(ids, plen)
-    G, rows = len(prefixes), [list(p) for p in prefixes]
-    pos = [list(range(len(p))) for p in prefixes]
-    seg = [[0] * len(p) for p in prefixes]  # 0: the prefix, k: member k's rest
+    # a row holds at most max(longest sequence, ROW_MIN) tokens (a longer group continues in a new row with its
+    # prefix again): the dense mask's cost per row grows with its length squared, so long completions would
+    # otherwise cost more attention than padded rows do
+    cap = max(max(lengths), ROW_MIN)
+    rows, pos, seg, open_row = [], [], [], {}  # seg: 0 the prefix, i + 1 trace i's rest; open_row: group -> row
     for i, (row, g) in enumerate(zip(ids.tolist(), row_group)):
         p = len(prefixes[g])
         rest = row[p : lengths[i]]
-        starts[i] = len(rows[g])
-        rows[g] += rest
-        pos[g] += range(p, p + len(rest))
-        seg[g] += [i + 1] * len(rest)
+        r = open_row.get(g)
+        if r is None or len(rows[r]) + len(rest) > cap:
+            r = open_row[g] = len(rows)
+            rows.append(list(prefixes[g]))
+            pos.append(list(range(p)))
+            seg.append([0] * p)
+        row_of[i], starts[i] = r, len(rows[r])
+        rows[r] += rest
+        pos[r] += range(p, p + len(rest))
+        seg[r] += [i + 1] * len(rest)
     R = max(len(r) for r in rows)
     row_ids = torch.tensor([r + [0] * (R - len(r)) for r in rows], device=device)  # padding: id 0 (masked out)
     row_pos = torch.tensor([q + [0] * (R - len(q)) for q in pos], device=device)
@@ -74,11 +83,11 @@ def shared_logits(model, batch) -> torch.Tensor:
     allowed |= torch.eye(R, dtype=torch.bool, device=device)  # a padding query sees itself: no NaN from softmax
     out = model(input_ids=row_ids, attention_mask=_mask4d(model, allowed[:, None]), position_ids=row_pos,
                 use_cache=False).logits
-    V = out.shape[-1]
+    V, G = out.shape[-1], len(rows)
     flat = torch.cat([out.reshape(G * R, V), out.new_zeros(1, V)])
     # target column c of row i: the prefix's logits [g, c] for c < P_i (its last position predicts the first
     # token of the rest), the rest's [g, start_i + c - P_i] for P_i <= c < len_i - 1, else a zero row (padding)
-    rg = torch.tensor(row_group, device=device)[:, None]
+    rg = torch.tensor(row_of, device=device)[:, None]
     c = torch.arange(L - 1, device=device)[None, :]
     p = plen[:, None]
     idx = torch.where(c < p, rg * R + c, rg * R + torch.tensor(starts, device=device)[:, None] + c - p)

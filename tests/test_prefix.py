@@ -73,8 +73,11 @@ def loss_and_grads(model, name, shared, **cfg_kw):
     return loss.item(), grads, logp.detach(), batch, stats, traces
 
 
+@pytest.mark.parametrize("row_min", [128, 1])
 @pytest.mark.parametrize("name,cfg", [("grpo", {"kl_coef": 0.0}), ("nft", {}), ("score", {"stage1_steps": 0})])
-def test_loss_gradients_and_entropy_equal_the_plain_forward(name, cfg):
+def test_loss_gradients_and_entropy_equal_the_plain_forward(name, cfg, row_min, monkeypatch):
+    """row_min 1: a row holds at most the longest sequence, so a group continues in a new row (its prefix again)."""
+    monkeypatch.setattr(prefix, "ROW_MIN", row_min)
     model = tiny_llama()
     loss0, g0, lp0, batch, st0, traces = loss_and_grads(model, name, False, **cfg)
     loss1, g1, lp1, _, st1, _ = loss_and_grads(model, name, True, **cfg)

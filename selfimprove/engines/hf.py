@@ -62,6 +62,7 @@ def row_uniforms(seeds: list[int], n: int, steps: int, device) -> torch.Tensor:
 class HFEngine:
     def __init__(self, model, tokenizer, seed: int = 0, source=None):
         self.model = model
+        self.compact = True  # finished rows leave the decoding batch (see _generate_batch)
         self.source = source  # asynchronous rollout: `model` is this engine's own copy of the trainer's `source`
         self.tokenizer = tokenizer
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}  # built once per set of stop strings
@@ -144,35 +145,48 @@ class HFEngine:
         if sp.repetition_penalty != 1:
             rows = ids.repeat_interleave(n, dim=0)
             seen = torch.where(mask.bool(), rows, rows[:, -1:])
-        toks, lps = [], []
         u = row_uniforms(seeds, n, sp.max_new_tokens, device) if seeds is not None and sp.temperature > 0 else None
+        # finished rows leave the batch (their KV cache too) once they are a quarter of it: decoding costs the
+        # tokens sampled, not rows x the longest. Only where no shared generator draws (seeded rows, greedy):
+        # there a row's tokens do not depend on which rows share its batch
+        compact = self.compact and (u is not None or sp.temperature == 0)
+        toks = torch.full((B, sp.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        lps = torch.zeros((B, sp.max_new_tokens), device=device)
+        live = torch.arange(B, device=device)  # the rows in the batch, by their index in the output
+        cache, steps = out.past_key_values, 0
         for t in range(sp.max_new_tokens):
             scores = logits if seen is None else RepetitionPenaltyLogitsProcessor(sp.repetition_penalty)(seen, logits)
-            nxt = sample_token(scores, sp.temperature, sp.top_p, self.generator, None if u is None else u[:, t],
+            nxt = sample_token(scores, sp.temperature, sp.top_p, self.generator, None if u is None else u[live, t],
                                sp.top_k, sp.min_p)
             # the log-prob under the unmodified policy (no temperature, filtering or penalty): pi_old
             lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-            nxt = torch.where(finished, torch.full_like(nxt, self.pad_id), nxt)
-            toks.append(nxt)
-            lps.append(lp)
+            done = finished[live]
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            toks[live, t], lps[live, t], steps = nxt, lp, t + 1
             if seen is not None:
                 seen = torch.cat([seen, nxt[:, None]], dim=1)
             ends = torch.isin(nxt, stop)
             if stop_strings is not None:  # a stop string completed by this token (in the completion only)
-                ends = ends | stop_strings(torch.stack(toks, 1), None).to(device)
-            end = torch.where(~finished & ends, torch.full_like(end, t), end)
-            finished = finished | ends
-            if bool(finished.all()):
+                ends = ends | stop_strings(toks[live, : t + 1], None).to(device)
+            end[live] = torch.where(~done & ends, torch.full_like(nxt, t), end[live])
+            done = done | ends
+            finished[live] = done
+            if bool(done.all()):
                 break
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
-                        past_key_values=out.past_key_values, use_cache=True)
+            if compact and int(done.sum()) * 4 >= len(live):
+                keep = (~done).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                live, mask, next_pos, nxt = live[keep], mask[keep], next_pos[keep], nxt[keep]
+                seen = seen[keep] if seen is not None else None
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
+                        use_cache=True)
             logits = out.logits[:, -1].float()
             next_pos = next_pos + 1
         if was_training:
             model.train()
-        tok_rows = torch.stack(toks, 1).tolist()
-        lp_rows = torch.stack(lps, 1).tolist()
+        tok_rows = toks[:, :steps].tolist()
+        lp_rows = lps[:, :steps].tolist()
         return [Sample(trow[: e + 1], lrow[: e + 1], "stop") if e >= 0 else Sample(trow, lrow, "length")
                 for trow, lrow, e in zip(tok_rows, lp_rows, end.tolist())]
 

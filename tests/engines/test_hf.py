@@ -214,3 +214,25 @@ def test_generation_option_ranges_are_one_line(key, value, msg):
         check_generation(GenerationConfig(**{key: value}))
     sp = Sampling.of(GenerationConfig(top_k=5, stop=["x"]), n=2)
     assert (sp.n, sp.top_k, sp.stop, sp.min_p) == (2, 5, ("x",), 0.0)
+
+
+@pytest.mark.parametrize("temperature, stop, penalty", [(1.0, (), 1.0), (0.0, (), 1.0), (1.0, ("1",), 1.0),
+                                                         (1.0, (), 1.3)])
+def test_finished_rows_leave_the_batch_without_changing_any_sample(mini_model, temperature, stop, penalty):
+    """Seeded and greedy decoding drop finished rows (and their KV cache) from the batch; every row's tokens,
+    log-probs, finish reason and stop strings are those of decoding the whole batch to the end."""
+    tok = load_tokenizer(mini_model)
+    engine = HFEngine(load_model(mini_model), tok, seed=0)
+    ids = prompts(tok, ("12+34=", "5*6=", "99-1=", "7+8=", "3*3=", "50-7="))
+    sp = Sampling(n=4, temperature=temperature, max_new_tokens=12, stop=stop, repetition_penalty=penalty)
+    seeds = [31, 32, 33, 34, 35, 36]
+    compacted = engine.generate(ids, sp, seeds=seeds)
+    engine.compact = False
+    whole = engine.generate(ids, sp, seeds=seeds)
+    rows = [(s.token_ids, s.finish_reason) for g in compacted for s in g]
+    assert rows == [(s.token_ids, s.finish_reason) for g in whole for s in g]
+    lengths = [len(t) for t, _ in rows]
+    assert min(lengths) < max(lengths)  # rows did finish at different steps: the batch shrank
+    for g1, g2 in zip(compacted, whole):
+        for a, b in zip(g1, g2):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
