@@ -6,7 +6,9 @@ one with --dry-run), then measures and prints one table:
   2. the same prompts through selfimprove's colocated vLLM engine (tokens/s) and its weight push
      (seconds, median of 3), and through the `hf` engine,
   3. the per-phase split (generate / reward / logprob / update / weight sync, median seconds per step)
-     of a few NFT and SCoRe steps through `selfimprove.loop.run`, on the vLLM engine.
+     of a few NFT and SCoRe steps through `selfimprove.loop.run`, on the vLLM engine,
+  4. the same for GRPO, and for GRPO with asynchronous rollout (`generation.max_staleness=1` on the hf
+     engine's own copy: overlap of generation and update on one GPU) and packed updates (issue 14).
 Without vllm the engine rows fall back to the `hf` engine (whose push is a no-op: it shares the
 trainer's model). Random weights almost never emit EOS, so every sample runs to max_new_tokens: the
 figures are throughput at a fixed length. A reward that varies on random text (a letter present or

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU measurement (one H200, no package registry there): bare vLLM tokens/s (when vllm
 # is installed), selfimprove's engine tokens/s, weight-push seconds and the per-phase split of a few
-# NFT and SCoRe steps on a ~0.46B Qwen2-shaped random model; prints one table, writes $OUT/gpu_check.json.
+# NFT, SCoRe and GRPO steps on a ~0.46B Qwen2-shaped random model, GRPO also with asynchronous rollout
+# (hf engine copy, max_staleness 1) and packed updates; prints one table, writes $OUT/gpu_check.json.
 #   bash scripts/gpu_check.sh            # on the GPU machine (about 3-5 minutes)
 #   bash scripts/gpu_check.sh --dry-run  # CPU: a 0.3M-parameter model, checks the script (tests run it)
 # Missing pure-Python dependencies are installed from wheels/ when that folder exists

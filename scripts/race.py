@@ -12,7 +12,7 @@ Prints accuracy gain (points over the shared start) at each evaluation, and as i
 times to `--gain` points, e.g. `ratio: TRL reaches +10.0 points at 8.0 s, selfimprove grpo at 4.0 s
 (2.00x), nft at 6.0 s (1.33x)`.
 
-    .venv/bin/python scripts/race.py [--seconds 60] [--n 500] [--gain 10] [--trl-lr 1e-4]
+    .venv/bin/python scripts/race.py [--seconds 60] [--n 500] [--gain 10] [--trl-lr 1e-4] [--grpo-lr 1e-4]
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def run_ours(method: str, args) -> list[tuple[float, float]]:
     recipe = load_recipe(RECIPES[method], [
         "train.steps=1000000", "train.max_seconds=0", f"train.threads={args.threads}", "eval.before=false",
         "eval.after=false", "eval.every=0", "log.progress=false", "log.save_final=false", "log.traces_every=0",
-        f"log.out={tempfile.mkdtemp()}", f"log.name=race-{method}"])
+        f"log.out={tempfile.mkdtemp()}", f"log.name=race-{method}",
+        *([f"train.lr={args.grpo_lr}"] if method == "grpo" and args.grpo_lr else [])])
     state = setup(recipe, log=lambda *a: None)
     fresh(state)
     evaluate_now = Evaluator(args.n)
@@ -153,7 +154,7 @@ def run_trl(args) -> list[tuple[float, float]]:
 
 def measure(method: str, args) -> list[tuple[float, float]]:
     cmd = [sys.executable, __file__, "--child", method, "--seconds", str(args.seconds), "--n", str(args.n),
-           "--threads", str(args.threads), "--trl-lr", str(args.trl_lr)]
+           "--threads", str(args.threads), "--trl-lr", str(args.trl_lr), "--grpo-lr", str(args.grpo_lr or 0)]
     out = subprocess.run(cmd, capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -168,6 +169,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500, help="held-out problems")
     p.add_argument("--gain", type=float, default=10.0, help="points over the start for the ratio line")
     p.add_argument("--trl-lr", type=float, default=1e-4, help="TRL's learning rate")
+    p.add_argument("--grpo-lr", type=float, default=None,
+                   help="our GRPO's learning rate (default: recipes/grpo/tiny_arith.yaml's, 3e-5)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()

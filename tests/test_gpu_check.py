@@ -20,7 +20,7 @@ def _dry_run(tmp_path) -> dict:
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res["device"] == "cpu" and res["prompts"] == 16 and res["n"] == 4
     assert res["hf_engine_tokens_per_s"] > 0 and res["engine_tokens_per_s"] > 0
-    for algo in ("nft", "score"):
+    for algo in ("nft", "score", "grpo", "grpo_async_hf", "grpo_packed"):  # + issue 14's update paths
         phases = res[f"{algo}_phases_s"]
         assert set(phases) == {"generate", "reward", "logprob", "update", "weight_sync", "step"}
         assert phases["generate"] > 0 and phases["update"] > 0  # the varied reward kept the update busy

@@ -5,7 +5,8 @@ its log-prob under the *unmodified* policy (temperature 1, no top-p: the pi_old 
 ratios). `generate(output_logits=True)` would keep a [batch, vocab] tensor per step for the
 whole generation (hundreds of GB for a 150k vocabulary at long lengths); here the log-prob is
 gathered as each token is drawn and the logits are dropped. The loop also stops as soon as every
-sequence has produced EOS, and prefills each prompt once for its n samples.
+sequence has produced EOS, drops finished rows from the batch (seeded and greedy decoding), and
+prefills each prompt once for its n samples.
 """
 
 from __future__ import annotations
