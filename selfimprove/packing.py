@@ -84,6 +84,9 @@ def packed_layout(batch, keep: torch.Tensor | None = None, one_row: bool = True)
     return ids.view(R, C), pos.view(R, C), cols, where, batch["targets"][cols]
 
 
+_NO_KEEP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models whose forward takes no 2D logits_to_keep
+
+
 def packed_logprobs(model, batch, stats: dict | None = None, trained_only: bool = False) -> torch.Tensor:
     """token_logprobs' result ([B, L - 1], float32) from one packed forward. `trained_only`: log-probs only at the
     trained columns (batch["mask"]; 0 elsewhere), which is all the losses read; else at every real target."""
@@ -91,7 +94,14 @@ def packed_logprobs(model, batch, stats: dict | None = None, trained_only: bool 
     keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
     keep[where] = True
     # use_cache=False: with a cache transformers does not look for packed position ids (masking_utils)
-    logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep.view(ids.shape)).logits
+    logits = None
+    if model not in _NO_KEEP:
+        try:
+            logits = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=keep.view(ids.shape)).logits
+        except IndexError:  # transformers before 5.2x slices by a 1D logits_to_keep only: every position, then
+            _NO_KEEP[model] = True
+    if logits is None:
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
     if logits.dim() == 3:  # a forward that ignores logits_to_keep returns every position
         logits = logits.reshape(-1, logits.shape[-1])[where]
     else:  # the kept positions in flat order: put them in the order of `where`

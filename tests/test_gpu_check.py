@@ -22,6 +22,7 @@ def _dry_run(tmp_path) -> dict:
     assert res["hf_engine_tokens_per_s"] > 0 and res["engine_tokens_per_s"] > 0
     for algo in ("nft", "score", "grpo", "grpo_async_hf", "grpo_packed"):  # + issue 14's update paths
         phases = res[f"{algo}_phases_s"]
+        assert isinstance(phases, dict), f"{algo}: {phases}"  # a variant that failed is a string saying why
         assert set(phases) == {"generate", "reward", "logprob", "update", "weight_sync", "step"}
         assert phases["generate"] > 0 and phases["update"] > 0  # the varied reward kept the update busy
     return res

@@ -305,3 +305,25 @@ def test_no_gradient_passes_by_tokens_and_packed_equal_the_padded_ones(model):
     for tr, a, b in zip(traces, padded, packed):
         n = len(tr.token_ids) - 1  # the real target columns; the rest is padding nobody reads
         assert len(b) >= n and max(abs(x - y) for x, y in zip(a[:n], b[:n])) < 1e-4
+
+
+class NoRowKeep(LlamaForCausalLM):
+    """transformers before 5.2x: logits_to_keep indexes one dimension only (a 2D tensor raises IndexError)."""
+
+    def forward(self, *args, logits_to_keep=0, **kw):
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() > 1:
+            raise IndexError("too many indices for tensor of dimension 3")
+        return super().forward(*args, logits_to_keep=logits_to_keep, **kw)
+
+
+def test_a_forward_without_2d_logits_to_keep_packs_from_every_position(model):
+    torch.manual_seed(0)
+    old = NoRowKeep(model.config).eval()
+    old.load_state_dict(model.state_dict())
+    batch = collate(single_turn(random.Random(1)), 0)
+    with torch.no_grad():
+        padded, packed = token_logprobs(old, batch), packed_logprobs(old, batch)
+        again = packed_logprobs(old, batch)  # remembered: no failing forward the second time
+    real = packed_layout(batch)[2]
+    assert float((packed - padded)[real].abs().max()) < 1e-5 and torch.equal(packed, again)
+    assert old in packing._NO_KEEP
