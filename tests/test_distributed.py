@@ -51,6 +51,32 @@ def test_two_cpu_processes_train_in_step(tmp_path, write_recipe):
 
 
 @pytest.mark.slow
+def test_asynchronous_rollout_in_two_processes_matches_one_process(tmp_path, write_recipe):
+    """generation.max_staleness=1 under DDP: the background threads do no collective (no hang), a checkpoint
+    gathers both processes' batches in flight, and the run matches one process's (same samples)."""
+    recipe = write_recipe(**{**DDP, "log": {"name": "ddp", "save_every": 2}},
+                          generation={"n": 4, "max_new_tokens": 5, "max_staleness": 1})
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
+                          "-m", "selfimprove", "train", str(recipe)], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["ranks_weights_identical"] is True
+    state = json.loads((tmp_path / "runs/ddp/checkpoints/step-000002/trainer_state.json").read_text())
+    assert len(state["ahead"]["batches"]) == 2 and all(len(b["traces"]) == 8 for b in state["ahead"]["batches"])
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness"] for r in rows] == [0, 1, 1, 1]
+    one = subprocess.run([sys.executable, "-m", "selfimprove", "train", str(recipe), "log.name=single"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single = [json.loads(x) for x in (tmp_path / "runs" / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in single] == pytest.approx([r["reward"] for r in rows], abs=1e-9)
+    assert [r["loss"] for r in single] == pytest.approx([r["loss"] for r in rows], abs=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe, overrides, check", [
     ("recipes/selfj/tiny_arith.yaml",
      ["algorithm.n_train_questions=32", "algorithm.n_eval_questions=16", "train.epochs=1", "train.batch_size=16"],
