@@ -4,16 +4,18 @@
 `Ahead` is asynchronous rollout (generation.max_staleness = k > 0, as verl's one-step-off-policy and
 prime-rl's async level): while step s trains in the main thread, a background thread samples and scores
 step s + 1's batch on an engine of its own (the hf engine's copy of the model, or a vLLM server). The
-engine receives the trainer's weights at the start of every k-th step (and of the step after a checkpoint),
-before the next batch is submitted, so a trained batch is at most k updates old, and which weights sampled
-which batch depends only on the step numbers: the run is deterministic, and a resumed one equals an
-uninterrupted one (the batch in flight is saved with each checkpoint). Each trace records the policy
+engine receives the trainer's weights at every k-th step (and at the step after a checkpoint), once the
+step's batch is taken and before its refill rounds and the next batch, so a trained batch is at most k
+updates old, and which weights sampled which batch depends only on the step numbers: the run is
+deterministic, and a resumed one equals an uninterrupted one (the batch in flight is saved with each
+checkpoint; with k > 1, from the periodic checkpoints). Each trace records the policy
 version that sampled it; the loss uses the sampler's log-probs as pi_old (the ratio corrects the
 staleness, as PPO's clipping does), plus generation.mismatch_correction where it is on.
 
 The background thread does no collective: it samples, scores and adds second attempts on this process
-alone; the vote on a failed reward and the refill rounds (global counts) run in the main thread when the
-batch is taken. Evaluation and checkpoints wait for the batch in flight first (the engine is one).
+alone (a user-facing failure becomes the batch's error); the vote on it and the refill rounds (global
+counts) run in the main thread when the batch is taken. Evaluation and checkpoints wait for the batch in
+flight first; with hf an evaluation runs on the trainer's own module, as the synchronous loop's does.
 """
 
 from __future__ import annotations
@@ -128,7 +130,15 @@ class Batch:
 
 
 def _ahead(state, step: int, version: int) -> Batch:
-    """The background part of step `step`'s rollout: local work only (no collective)."""
+    """The background part of step `step`'s rollout: local work only (no collective). A user-facing failure
+    (a reward's, a server's) is the batch's error: the main thread votes on it, so every process stops."""
+    try:
+        return _sample_and_score(state, step, version)
+    except UserError as e:
+        return Batch([], error=UserError(f"step {step + 1}: {e}" if not str(e).startswith("step ") else str(e)))
+
+
+def _sample_and_score(state, step: int, version: int) -> Batch:
     t0, logged = time.perf_counter(), {}
     traces = sample_step(state, step, version=version)
     t1 = time.perf_counter()
@@ -147,13 +157,15 @@ class Ahead:
     def __init__(self, state):
         g, acc = state.recipe.generation, state.accelerator
         self.k = g.max_staleness
+        self.shared = None  # hf: the engine on the trainer's own module, which evaluations keep using
         if g.backend == "hf":
             if zero_stage(acc) == 3:
                 raise UserError("generation.max_staleness > 0 with the hf engine keeps a whole copy of the model, "
                                 "which DeepSpeed ZeRO-3 shards; use generation.backend=vllm-server, or ZeRO-2")
+            self.shared = state.engine
             state.engine = own_copy(state, acc.unwrap_model(state.model))
-        elif hasattr(state.engine, "local"):  # vllm-server: each process requests its own share, no gather
-            state.engine.local = True
+        elif hasattr(state.engine, "request_locally"):  # vllm-server: each process requests its own share
+            state.engine.request_locally()
         # the sampler's own torch threads (OpenMP's count is per thread; a new one would take every core): half
         # the trainer's, as the two share the machine's cores while they overlap (measured: BENCHMARKS.md)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout", initializer=torch.set_num_threads,
@@ -161,11 +173,14 @@ class Ahead:
         self.pending: tuple[int, Future | Batch] | None = None
         self.version = 0  # the policy version (updates done) of the engine's weights
         self.saved_at = -1  # the step a checkpoint was saved before: the engine receives the weights there
+        self.t_push = 0.0
 
     def take(self, state, step: int) -> tuple[list, dict, float, float, float]:
         """Step `step`'s batch: (traces, logged, generation s, reward s, s waited for it). Without a batch in
-        flight (the first step) it is sampled now, with the current weights; the vote on a failed reward and
-        the refill rounds run here, in the main thread."""
+        flight (the first step) it is sampled now, with the current weights. Then, the engine idle, it receives
+        the trainer's weights (version `step`) at every k-th step and at the first step after a checkpoint,
+        before the refill rounds sample (so a resumed run refills as an uninterrupted one); the vote on a
+        failed reward and the refill rounds run here, in the main thread."""
         t0 = time.perf_counter()
         if self.pending is not None and self.pending[0] == step:
             batch = self.wait()
@@ -176,6 +191,10 @@ class Ahead:
         waited = time.perf_counter() - t0
         vote(state, batch.error)
         t1 = time.perf_counter()
+        if step % self.k == 0 or step == self.saved_at:
+            self.push(state, step)
+        self.t_push = time.perf_counter() - t1
+        t1 = time.perf_counter()
         traces = dynamic.refill(state, step, batch.traces, self._sample, score_everywhere, batch.logged)
         return traces, batch.logged, batch.t_generate + time.perf_counter() - t1, batch.t_reward, waited
 
@@ -183,21 +202,26 @@ class Ahead:
         return sample_step(state, step, extra, version=self.version)
 
     def submit(self, state, step: int) -> float:
-        """Before step `step`'s update (the trainer holds version `step`): the engine receives the weights at
-        every k-th step and at the first step after a checkpoint; then step + 1 is sampled behind the update.
-        Returns the seconds of the weight push."""
-        t0 = time.perf_counter()
-        if step % self.k == 0 or step == self.saved_at:
-            self.push(state, step)
-        t1 = time.perf_counter()
+        """Before step `step`'s update: step + 1 is sampled behind it, with the engine's weights. Returns the
+        seconds of this step's weight push (in `take`)."""
         if step + 1 < state.recipe.train.steps:
             self.pending = (step + 1, self.pool.submit(_ahead, state, step + 1, self.version))
-        return t1 - t0
+        return self.t_push
 
     def push(self, state, version: int) -> None:
         """The trainer's weights (version = updates done) into the idle engine."""
         state.engine.load_weights()
         self.version = version
+
+    def eval_engine(self, state, version: int):
+        """The engine an evaluation uses, once the batch in flight is sampled: with hf the trainer's own module,
+        as the synchronous loop evaluates (model.dtype's autocast, not the copy's rounding; no push); else the
+        engine, given the current weights."""
+        self.settle()
+        if self.shared is not None:
+            return self.shared
+        self.push(state, version)
+        return state.engine
 
     def wait(self) -> Batch:
         """The batch in flight, once sampled (it stays pending until taken)."""
@@ -234,8 +258,9 @@ class Ahead:
             error = UserError(mine["error"]) if mine["error"] else None
             self.pending = (mine["step"], Batch(traces, mine["logged"], mine["t_generate"], mine["t_reward"], error))
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread; `wait=False` (a failure) does not wait for a batch nobody will read."""
+        self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def own_copy(state, module) -> HFEngine:

@@ -139,8 +139,8 @@ class TrainConfig(OptimConfig):
                                "a checkpoint is saved where it starts, from which the next round continues")
     lr_min_ratio: float = opt(0.0, "infinite: the rate at the end of the annealing, a fraction of lr")
     shared_prefix: bool | str = opt("auto", "auto | true | false: the samples of a prompt run the prompt once per "
-                                    "micro-batch (its KV cache shared, the same loss and gradients); auto: where "
-                                    "a probe at setup shows the model takes it (not with gradient_checkpointing)")
+                                    "micro-batch (a row per prompt under a 4D mask; the same loss and gradients); "
+                                    "auto: where a probe at setup shows the model takes it (not under DeepSpeed)")
 
 
 @dataclass

@@ -123,12 +123,10 @@ def run_eval(state: State, tag: str) -> float:
     """Accuracy on the eval set; each process scores a shard, the counts are summed."""
     acc = state.accelerator
     shard = state.eval_examples[acc.process_index :: acc.num_processes]
-    if state.ahead is not None:  # the engine evaluates the current weights, once the batch in flight is sampled
-        state.ahead.settle()
-        state.ahead.push(state, state.step + (tag != "before"))
-    ctx = RewardContext(state.tokenizer, state.engine, state.step)
+    engine = state.engine if state.ahead is None else state.ahead.eval_engine(state, state.step + (tag != "before"))
+    ctx = RewardContext(state.tokenizer, engine, state.step)
     with engine_weights(state):
-        accuracy, traces = evaluate(state.engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
+        accuracy, traces = evaluate(engine, state.tokenizer, shard, state.rewards, state.recipe.eval, ctx,
                                     state.recipe.data.max_prompt_tokens)
     state.eval_traces[tag] = traces  # the main process writes its shard with the run folder
     correct = round(accuracy * len(shard))
@@ -243,6 +241,8 @@ def run(recipe, log=print) -> dict:
         except Interrupted:
             raise
         except (UserError, OSError) as e:
+            if state.ahead is not None:
+                state.ahead.close(wait=False)
             state.engine.close()
             raise failure(state, e) from None
 

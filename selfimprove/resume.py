@@ -45,6 +45,8 @@ def interrupted(state: State, interrupts: Interrupts, steps_done: int, start: in
             save(state, steps_done, elapsed)
         message = (f"interrupted by {name} after step {steps_done}: saved {saved}; continue with "
                    f"selfimprove train {state.recipe.source or 'RECIPE'} {resume_hint(state)}")
+    if state.ahead is not None:
+        state.ahead.close(wait=False)
     state.engine.close()
     state.accelerator.end_training()
     raise Interrupted(message if state.accelerator.is_main_process else "", signum)

@@ -91,6 +91,42 @@ def test_a_killed_asynchronous_run_resumes_to_the_weights_of_an_uninterrupted_on
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("k, extra", [(1, {"algorithm": {"name": "grpo", "filter_groups": True, "max_refill_rounds": 2}}),
+                                      (2, {})])
+def test_resume_is_exact_with_refill_rounds_and_with_pushes_every_k_steps(tmp_path, write_recipe, k, extra):
+    """Refill rounds sample in the main thread after the step's push (a resumed run pushes at the step after
+    its checkpoint, as the uninterrupted one does); with k = 2 the pushes fall at even steps and after
+    checkpoints alike in both runs."""
+    recipe = write_recipe(**RESUMABLE, generation={"n": 4, "max_new_tokens": 5, "max_staleness": k}, **extra)
+    assert train(recipe, "whole").returncode == 0
+    killed = train(recipe, "killed", fault="kill_at_step:5")
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train(recipe, "killed", "train.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = weights(tmp_path / "runs/whole"), weights(tmp_path / "runs/killed")
+    assert all(torch.equal(expected[n], got[n]) for n in expected)
+    rows = [json.loads(r) for r in (tmp_path / "runs/killed/metrics.jsonl").read_text().splitlines()]
+    whole = [json.loads(r) for r in (tmp_path / "runs/whole/metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in whole]
+    assert [r["staleness"] for r in rows] == [r["staleness"] for r in whole]
+    if extra:
+        assert any(r.get("refill/rounds", 0) > 0 for r in whole)  # the refill did sample
+
+
+def fails_at_step_two(completions, trainer_state=None, **kw):
+    if trainer_state is not None and trainer_state.global_step >= 1:
+        raise ValueError("boom")
+    return [0.0] * len(completions)
+
+
+def test_a_reward_that_fails_in_the_rollout_thread_stops_the_run_in_one_line(write_recipe, capsys):
+    p = write_recipe(**ASYNC, rewards=[{"fn": "tests.test_async_rollout:fails_at_step_two"}, {"fn": "math_correct"}])
+    assert main(["train", str(p), "generation.max_staleness=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: step 2:") and "boom" in err[0], err
+
+
+@pytest.mark.slow
 def test_staleness_one_learns_the_tiny_world_like_the_synchronous_loop(tmp_path):
     """The GRPO recipe on the tiny world for 80 steps: held-out accuracy gains within noise of each other
     (300 problems: a binomial standard error of about 2.5 points on each accuracy)."""

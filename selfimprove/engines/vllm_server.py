@@ -86,13 +86,21 @@ class VLLMServerEngine:
         self.timeout = gen.server_timeout
         self.bucket_bytes = gen.weight_bucket_mb << 20
         self.lora = lora_r > 0
-        self.client = None
+        self.client = None  # the main process's: requests, and the weight push
         self.communicator_ready = False
         self.local = False  # True: each process sends its own requests (asynchronous rollout: no collective)
         if accelerator.is_main_process:
             wait_for_server(self.url, gen.server_connect_timeout, self.timeout)
             self.client = self._make_client()
+        self.http = self.client  # the client this process's requests go through
         accelerator.wait_for_everyone()
+
+    def request_locally(self) -> None:
+        """Asynchronous rollout: every process sends its own requests (from the rollout thread, which must do no
+        collective) through a client of its own; the weight push stays the main process's."""
+        if self.http is None:
+            self.http = self._make_client()
+        self.local = True
 
     def _make_client(self):
         import requests
@@ -122,7 +130,7 @@ class VLLMServerEngine:
         import requests
 
         try:
-            response = self.client.session.post(f"{self.url}{path}", json=payload)
+            response = self.http.session.post(f"{self.url}{path}", json=payload)
         except requests.exceptions.Timeout:
             raise UserError(f"vllm-server: {self.url}{path} did not answer within {self.timeout:.0f} s "
                             "(generation.server_timeout)") from None
@@ -134,7 +142,7 @@ class VLLMServerEngine:
 
     # ---- sampling -----------------------------------------------------------------------------
     def _request(self, prompt: list[int], sp: Sampling, seed: int | None) -> list[Sample]:
-        payload = {"model": self.client.model, "prompt": prompt, "n": sp.n, **processing(sp),
+        payload = {"model": self.http.model, "prompt": prompt, "n": sp.n, **processing(sp),
                    "max_tokens": sp.max_new_tokens, "logprobs": 0, "return_token_ids": True,
                    "return_tokens_as_token_ids": True}
         if seed is not None:

@@ -171,3 +171,20 @@ def test_asynchronous_rollout_through_a_real_server(served, tmp_path, monkeypatc
     seeds = [0 * 1_000_000_007 + 4 + i for i in range(4)]
     again = engine.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6), seeds=seeds)
     assert [s.token_ids for group in again for s in group] == [t["turns"][1]["token_ids"] for t in step2]
+
+
+def test_a_process_without_the_main_client_requests_through_its_own(served):
+    """Under DDP only the main process holds the client (and the weight push); asynchronous rollout makes every
+    process request its own share: a non-main process gets a client of its own, with the same samples."""
+    path, url, proc = served
+    gen = GenerationConfig(backend="vllm-server", server_url=url, server_connect_timeout=240, server_timeout=60)
+    tok = load_tokenizer(path)
+    engine = make_engine("vllm-server", None, tok, gen=gen)
+    prompts = encode_prompts(tok, load_examples("arith", DataConfig(), "test")[:3], 512)
+    sp = Sampling(n=2, temperature=1.0, max_new_tokens=6)
+    expected = engine.generate(prompts, sp, seeds=[5, 6, 7])
+    engine.client = engine.http = None  # as on a process other than the main one
+    engine.request_locally()
+    assert engine.client is None and engine.http is not None  # the push stays the main process's
+    got = engine.generate(prompts, sp, seeds=[5, 6, 7])
+    assert [[s.token_ids for s in g] for g in got] == [[s.token_ids for s in g] for g in expected]
