@@ -134,8 +134,8 @@ def _ahead(state, step: int, version: int) -> Batch:
     (a reward's, a server's) is the batch's error: the main thread votes on it, so every process stops."""
     try:
         return _sample_and_score(state, step, version)
-    except UserError as e:
-        return Batch([], error=UserError(f"step {step + 1}: {e}" if not str(e).startswith("step ") else str(e)))
+    except UserError as e:  # a reward's failure is returned, not raised: this is sampling's (a server's)
+        return Batch([], error=UserError(f"step {step + 1}: {e}"))
 
 
 def _sample_and_score(state, step: int, version: int) -> Batch:
@@ -251,12 +251,17 @@ class Ahead:
         self.saved_at = start
         if not entry:
             return
-        self.version = entry["version"]
-        mine = entry["batches"][accelerator.process_index]
-        if mine is not None:
-            traces = [Trace.from_dict(d) for d in mine["traces"]]
-            error = UserError(mine["error"]) if mine["error"] else None
-            self.pending = (mine["step"], Batch(traces, mine["logged"], mine["t_generate"], mine["t_reward"], error))
+        try:  # a checkpoint is data someone may hand over: a damaged entry is one line, not a traceback
+            version, mine = int(entry["version"]), entry["batches"][accelerator.process_index]
+            if mine is not None:
+                traces = [Trace.from_dict(d) for d in mine["traces"]]
+                error = UserError(mine["error"]) if mine["error"] else None
+                batch = Batch(traces, dict(mine["logged"]), float(mine["t_generate"]), float(mine["t_reward"]), error)
+                self.pending = (int(mine["step"]), batch)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise UserError(f"train.resume: the checkpoint's batch in flight (trainer_state.json 'ahead') is damaged "
+                            f"({type(e).__name__}: {e})") from None
+        self.version = version
 
     def close(self, wait: bool = True) -> None:
         """Stop the thread; `wait=False` (a failure) does not wait for a batch nobody will read."""

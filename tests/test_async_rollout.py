@@ -150,3 +150,18 @@ def test_bad_staleness_is_one_line(write_recipe, capsys, extra, message):
     assert main(["train", str(write_recipe(**ASYNC)), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_a_damaged_batch_in_flight_in_a_checkpoint_is_one_line(tmp_path, write_recipe, capsys):
+    p = write_recipe(**{**ASYNC, "log": {"save_every": 2, "traces_every": 0}})
+    assert main(["train", str(p), "generation.max_staleness=1", "train.steps=2"]) == 0
+    state_file = tmp_path / "runs/run/checkpoints/step-000002/trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["ahead"]["batches"][0] is None  # the last step submits nothing
+    state["ahead"]["batches"][0] = {"step": 2, "traces": [{"id": "x"}]}  # a trace without its fields
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(["train", str(p), "generation.max_staleness=1", "train.steps=4", "train.resume=auto"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: train.resume: the checkpoint's batch in flight "
+                                               "(trainer_state.json 'ahead') is damaged (KeyError: 'turns')"), err

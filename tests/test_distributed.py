@@ -21,14 +21,20 @@ DDP = dict(algorithm={"name": "grpo"}, log={"name": "ddp"},
            eval={"after": True, "n": 20})
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_train_in_step(tmp_path, write_recipe):
-    recipe = write_recipe(**DDP)
+def launch_two(recipe):
+    """`selfimprove train recipe` in two CPU processes (accelerate launch, gloo); (the result, its env)."""
     accelerate = str(Path(sys.executable).parent / "accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
                           "-m", "selfimprove", "train", str(recipe)], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=600)
+                          cwd=ROOT, timeout=600)
+    return out, env
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_in_step(tmp_path, write_recipe):
+    recipe = write_recipe(**DDP)
+    out, env = launch_two(recipe)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2
@@ -56,11 +62,7 @@ def test_asynchronous_rollout_in_two_processes_matches_one_process(tmp_path, wri
     gathers both processes' batches in flight, and the run matches one process's (same samples)."""
     recipe = write_recipe(**{**DDP, "log": {"name": "ddp", "save_every": 2}},
                           generation={"n": 4, "max_new_tokens": 5, "max_staleness": 1})
-    accelerate = str(Path(sys.executable).parent / "accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
-                          "-m", "selfimprove", "train", str(recipe)], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=600)
+    out, env = launch_two(recipe)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["ranks_weights_identical"] is True

@@ -124,11 +124,16 @@ def served():
         proc.kill()
 
 
-def test_generation_through_a_real_server_matches_the_hf_engine(served):
-    path, url, proc = served
+def server_engine(path: str, url: str):
+    """A vllm-server engine on the served model, and its tokenizer."""
     gen = GenerationConfig(backend="vllm-server", server_url=url, server_connect_timeout=240, server_timeout=60)
     tok = load_tokenizer(path)
-    engine = make_engine("vllm-server", None, tok, gen=gen)
+    return make_engine("vllm-server", None, tok, gen=gen), tok
+
+
+def test_generation_through_a_real_server_matches_the_hf_engine(served):
+    path, url, proc = served
+    engine, tok = server_engine(path, url)
     prompts = encode_prompts(tok, load_examples("arith", DataConfig(), "test")[:16], 512)
     greedy = Sampling(n=1, temperature=0, max_new_tokens=8)
     ours = engine.generate(prompts, greedy)
@@ -177,9 +182,7 @@ def test_a_process_without_the_main_client_requests_through_its_own(served):
     """Under DDP only the main process holds the client (and the weight push); asynchronous rollout makes every
     process request its own share: a non-main process gets a client of its own, with the same samples."""
     path, url, proc = served
-    gen = GenerationConfig(backend="vllm-server", server_url=url, server_connect_timeout=240, server_timeout=60)
-    tok = load_tokenizer(path)
-    engine = make_engine("vllm-server", None, tok, gen=gen)
+    engine, tok = server_engine(path, url)
     prompts = encode_prompts(tok, load_examples("arith", DataConfig(), "test")[:3], 512)
     sp = Sampling(n=2, temperature=1.0, max_new_tokens=6)
     expected = engine.generate(prompts, sp, seeds=[5, 6, 7])
